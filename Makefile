@@ -1,0 +1,37 @@
+# The two set-up commands: `make run` (the service on the embedded SQLite default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint
+
+$(BIN)/keyvault: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/keyvault
+
+run: install
+	$(BIN)/keyvault init
+	$(BIN)/keyvault migrate
+	@echo
+	@echo "Try it (token for demo-user, valid one hour):"
+	@echo "  TOKEN=\$$($(BIN)/keyvault token --sub demo-user)"
+	@echo "  curl -X PUT -H \"Authorization: Bearer \$$TOKEN\" -H 'Content-Type: application/json' \\"
+	@echo "       -d '{\"api_key\": \"sk-demo-0123456789abcdef\"}' http://$(HOST):$(PORT)/users/demo-user/api-key"
+	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/users/demo-user/api-key"
+	@echo
+	$(BIN)/keyvault serve --host $(HOST) --port $(PORT)
+
+# Runs the whole suite against SQLite and against Postgres (KEYVAULT_TEST_DATABASES narrows it).
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

@@ -1,0 +1,3 @@
+from keyvault.cli import app
+
+app(prog_name="keyvault")

@@ -1,0 +1,159 @@
+"""HTTP routes. Each one: who is calling (auth dependency) → the service → a response."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response, status
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyvault import service
+from keyvault.auth import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
+from keyvault.crypto import Keyring
+from keyvault.db import session_scope
+from keyvault.errors import ServiceUnavailable
+from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
+from keyvault.service import Precondition
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with session_scope(request.app.state.sessions) as session:
+        yield session
+
+
+def get_keyring(request: Request) -> Keyring:
+    keyring: Keyring = request.app.state.keyring
+    return keyring
+
+
+# scope="function": commit before the response is sent, so a failed commit is never reported as 2xx.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "No bearer token, or one that is invalid, expired, or for another audience.",
+        403: "The token lacks the scope for this action or this user.",
+        404: "This user has no API key.",
+        412: "The If-Match / If-None-Match precondition does not hold.",
+        413: "The request body is larger than 16 KiB.",
+        422: "The path or body is invalid; the detail names the field, never its value.",
+        500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
+        503: "The database is unreachable or the service is not ready.",
+    }
+    return {
+        code: {
+            "model": ProblemDetails,
+            "description": described[code],
+            "content": {"application/problem+json": {}},
+        }
+        for code in codes
+    }
+
+
+router = APIRouter()
+
+
+@router.put(
+    "/users/{sub:path}/api-key",
+    response_model=KeyStatus,
+    status_code=status.HTTP_200_OK,
+    summary="Store or replace a user's API key",
+    responses={
+        201: {"model": KeyStatus, "description": "Created."},
+        **_problems(401, 403, 412, 413, 422, 503),
+    },
+)
+async def put_api_key(
+    sub: SubjectPath,
+    body: ApiKeyWrite,
+    caller: KeyWriter,
+    session: Session,
+    keyring: CurrentKeyring,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> KeyStatus:
+    precondition = Precondition(
+        if_match=_entity_tags(if_match), if_none_match_any=(if_none_match or "").strip() == "*"
+    )
+    result = await service.put_api_key(
+        session, keyring, sub, body.api_key.get_secret_value(), precondition
+    )
+    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    response.headers["ETag"] = result.etag
+    return result.status
+
+
+@router.get(
+    "/users/{sub:path}/api-key/status",
+    response_model=KeyStatus,
+    summary="Whether a user has an API key (never reveals it)",
+    responses=_problems(401, 403, 422, 503),
+)
+async def read_api_key_status(
+    sub: SubjectPath, caller: StatusReader, session: Session, response: Response
+) -> KeyStatus:
+    key_status, etag = await service.get_status(session, sub)
+    if etag is not None:
+        response.headers["ETag"] = etag
+    return key_status
+
+
+@router.get(
+    "/users/{sub:path}/api-key",
+    response_model=ApiKeyRead,
+    summary="Read a user's decrypted API key",
+    responses=_problems(401, 403, 404, 422, 500, 503),
+)
+async def read_api_key(
+    sub: SubjectPath,
+    caller: KeyReader,
+    session: Session,
+    keyring: CurrentKeyring,
+    response: Response,
+) -> ApiKeyRead:
+    body, etag = await service.get_api_key(session, keyring, sub)
+    response.headers.update(NO_STORE)
+    response.headers["ETag"] = etag
+    return body
+
+
+@router.delete(
+    "/users/{sub:path}/api-key",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a user's API key",
+    responses=_problems(401, 403, 404, 422, 503),
+)
+async def delete_api_key(sub: SubjectPath, caller: KeyDeleter, session: Session) -> None:
+    await service.delete_api_key(session, sub)
+
+
+@router.get("/healthz", summary="The process is up", tags=["health"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="The database is reachable and the master key verified",
+    tags=["health"],
+    responses=_problems(503),
+)
+async def readyz(request: Request) -> dict[str, str]:
+    if getattr(request.app.state, "keyring", None) is None:
+        raise ServiceUnavailable("The master key has not been verified.")
+    async with session_scope(request.app.state.sessions) as session:
+        await session.execute(text("SELECT 1"))
+    return {"status": "ready"}
+
+
+def _entity_tags(header: str | None) -> frozenset[str] | None:
+    if header is None:
+        return None
+    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())

@@ -1,0 +1,223 @@
+"""Who is calling and what they may do: bearer JWT → Principal, and scope checks as dependencies.
+
+Algorithms come from configuration, never from the token: HS256 with the shared secret for tokens
+without a `kid`, the configured asymmetric algorithms for tokens whose `kid` names a key in the
+identity provider's JWKS. A token that names an algorithm outside that set is refused by PyJWT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+import httpx
+import jwt
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
+
+from keyvault.config import Settings
+from keyvault.errors import Forbidden, Unauthorized
+
+HS_ALGORITHM: Final = "HS256"
+SUB_MAX_LENGTH: Final = 255
+JWKS_REFRESH_MIN_SECONDS: Final = 30
+JWKS_TIMEOUT_SECONDS: Final = 5.0
+
+
+class Scope(StrEnum):
+    read = "api-key:read"
+    write = "api-key:write"
+    delete = "api-key:delete"
+    any_user = "users:any"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    scopes: frozenset[str]
+    client_id: str | None
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, jwks: JwksCache | None = None) -> None:
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_seconds
+        self._jwks_algorithms = list(settings.jwks_algorithms)
+        self._jwks = jwks
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is malformed.") from None
+        kid = header.get("kid")
+        if kid is not None and self._jwks is not None:
+            key: Any = await self._jwks.key_for(str(kid))
+            algorithms = self._jwks_algorithms
+        elif self._secret is not None:
+            key, algorithms = self._secret, [HS_ALGORITHM]
+        else:
+            raise Unauthorized("The bearer token names no key this service trusts.")
+        return self._decode(token, key, algorithms)
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The bearer token has expired.") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise Unauthorized(f"The bearer token lacks the '{error.claim}' claim.") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise Unauthorized("The bearer token was issued by or for someone else.") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is invalid.") from None
+        return _principal_from(claims)
+
+
+def _principal_from(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("The bearer token's subject is not a string.")
+    scope = claims.get("scope", "")
+    scopes = scope.split() if isinstance(scope, str) else []
+    client_id = claims.get("client_id") or claims.get("azp")
+    return Principal(sub, frozenset(scopes), str(client_id) if client_id else None)
+
+
+class JwksCache:
+    """The identity provider's signing keys, fetched on demand and kept for a while.
+
+    An unknown `kid` triggers at most one refetch per JWKS_REFRESH_MIN_SECONDS, so a flood of
+    tokens with made-up key ids cannot turn into a flood of requests to the identity provider.
+    """
+
+    def __init__(self, url: str, ttl_seconds: int, client: httpx.AsyncClient | None = None) -> None:
+        self._url = url
+        self._ttl = ttl_seconds
+        self._client = client or httpx.AsyncClient(timeout=JWKS_TIMEOUT_SECONDS)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key_for(self, kid: str) -> jwt.PyJWK:
+        if kid not in self._keys or self._expired():
+            async with self._lock:
+                if self._expired() or (kid not in self._keys and self._may_refresh()):
+                    await self._refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized(
+                "The bearer token's key id is not in the identity provider's key set."
+            )
+        return key
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _expired(self) -> bool:
+        return time.monotonic() - self._fetched_at > self._ttl
+
+    def _may_refresh(self) -> bool:
+        return time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_SECONDS
+
+    async def _refresh(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            response = await self._client.get(self._url)
+            response.raise_for_status()
+            key_set = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError):
+            # Keep the keys we had: an identity provider hiccup should not log everyone out.
+            return
+        self._keys = {key.key_id: key for key in key_set if key.key_id}
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+SubjectPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=SUB_MAX_LENGTH,
+        description="The identity provider's subject, percent-encoded (e.g. `google-oauth2%7C1234`).",
+    ),
+    AfterValidator(_no_control_characters),
+]
+
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="A JWT whose `scope` claim holds `api-key:read`, `api-key:write` or `api-key:delete`,"
+    " and `users:any` to act on other users' keys.",
+)
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("A bearer token is required.", error=None)
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return await verifier.verify(credentials.credentials)
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
+def require(*allowed: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers holding any of `allowed` for the path's `sub`.
+
+    Acting on someone else's sub also needs `users:any`. The decision uses the token alone, so it
+    is the same whether or not the target has a key, and no query runs for a refused caller.
+    """
+
+    async def check(sub: SubjectPath, caller: Caller) -> Principal:
+        if not any(scope in caller.scopes for scope in allowed):
+            wanted = " or ".join(scope.value for scope in allowed)
+            raise Forbidden(f"This action needs the {wanted} scope.")
+        if caller.sub != sub and Scope.any_user not in caller.scopes:
+            raise Forbidden("Acting on another user's key needs the users:any scope.")
+        return caller
+
+    return check
+
+
+KeyReader = Annotated[Principal, Depends(require(Scope.read))]
+KeyWriter = Annotated[Principal, Depends(require(Scope.write))]
+KeyDeleter = Annotated[Principal, Depends(require(Scope.delete))]
+StatusReader = Annotated[Principal, Depends(require(Scope.read, Scope.write, Scope.delete))]
+
+
+def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> str:
+    """An HS256 token for development and tests, signed with the configured secret."""
+    if settings.jwt_secret is None:
+        raise ValueError("KEYVAULT_JWT_SECRET is not set")
+    now = int(time.time())
+    claims = {
+        "sub": sub,
+        "scope": scopes,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=HS_ALGORITHM)

@@ -1,0 +1,111 @@
+"""The errors keyvault answers with, and the one place they become RFC 9457 problem+json.
+
+Services raise `Problem` subclasses; no route builds an error response by hand. Every detail is
+written here or by a service from fixed text: nothing from the request body, a token or a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://keyvault.dev/problems/"
+
+
+class Problem(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class Unauthorized(Problem):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str, error: str | None = "invalid_token") -> None:
+        challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+        super().__init__(detail, {"WWW-Authenticate": challenge})
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class PreconditionFailed(Problem):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class InvalidRequest(Problem):
+    status, slug, title = 422, "invalid-request", "Invalid request"
+
+
+class RecordUndecryptable(Problem):
+    status, slug, title = 500, "record-undecryptable", "Stored key cannot be decrypted"
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+def problem_response(
+    status: int, slug: str, title: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own handler echoes the rejected input back; this one names fields and rules only.
+    assert isinstance(exc, RequestValidationError)
+    reasons = "; ".join(_describe_validation_error(error) for error in exc.errors())
+    return problem_response(422, InvalidRequest.slug, InvalidRequest.title, reasons)
+
+
+def _describe_validation_error(error: Any) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "json_invalid":
+        message = "body is not valid JSON"
+    return f"{location}: {message}" if location else message
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = _HTTP_TITLES.get(exc.status_code, "Error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem_response(exc.status_code, f"http-{exc.status_code}", title, detail, exc.headers)
+
+
+_HTTP_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)

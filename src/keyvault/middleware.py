@@ -1,0 +1,134 @@
+"""ASGI middleware: body size limit, last-resort error handling, headers on every response."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyvault.errors import PayloadTooLarge, problem_response
+
+log = logging.getLogger("keyvault")
+
+DATABASE_RETRY_AFTER_SECONDS = "1"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuse bodies over `max_bytes` with 413, whether declared by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"The request body is larger than {self.max_bytes} bytes."
+        response = problem_response(
+            PayloadTooLarge.status, PayloadTooLarge.slug, PayloadTooLarge.title, detail
+        )
+        await response(scope, receive, send)
+
+
+class LastResortErrors:
+    """Turn anything unhandled into problem+json without letting its message reach a log or a body.
+
+    Starlette's own server-error middleware re-raises after responding, and the server then logs the
+    exception's text; an exception text can quote a value, so it must stop here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started:
+                log.error("unhandled %s after the response started", type(error).__name__)
+                return
+            await _respond_to_unexpected(error, scope, receive, send)
+
+
+async def _respond_to_unexpected(
+    error: Exception, scope: Scope, receive: Receive, send: Send
+) -> None:
+    if _is_database_outage(error):
+        log.warning("database unavailable (%s)", type(error).__name__)
+        response = problem_response(
+            503,
+            "database-unavailable",
+            "Database unavailable",
+            "The database cannot be reached right now; retry shortly.",
+            {"Retry-After": DATABASE_RETRY_AFTER_SECONDS},
+        )
+    else:
+        log.error("unhandled %s on %s %s", type(error).__name__, scope["method"], scope["path"])
+        response = problem_response(
+            500, "internal-error", "Internal server error", "An unexpected error occurred."
+        )
+    await response(scope, receive, send)
+
+
+def _is_database_outage(error: BaseException) -> bool:
+    if isinstance(error, OperationalError):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (OSError, TimeoutError))
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,170 @@
+"""Every SQL statement keyvault runs. Functions flush at most; the caller's scope commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyvault.crypto import SealedRecord
+from keyvault.models import ApiKeyRecord, Deployment, MasterKeyVerifier
+
+_RECORD_COLUMNS = (
+    ApiKeyRecord.format_version,
+    ApiKeyRecord.key_id,
+    ApiKeyRecord.salt,
+    ApiKeyRecord.nonce,
+    ApiKeyRecord.ciphertext,
+    ApiKeyRecord.last4,
+    ApiKeyRecord.version,
+    ApiKeyRecord.created_at,
+    ApiKeyRecord.updated_at,
+)
+# Bulk statements here never touch objects already loaded in the session.
+_NO_SYNC = {"synchronize_session": False}
+_STATE_COLUMNS = (
+    ApiKeyRecord.last4,
+    ApiKeyRecord.version,
+    ApiKeyRecord.created_at,
+    ApiKeyRecord.updated_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """What a key's status shows: everything but the sealed bytes."""
+
+    last4: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    sealed: SealedRecord
+    state: RecordState
+
+
+async def get_deployment(session: AsyncSession) -> Row[tuple[bytes, int]] | None:
+    result = await session.execute(select(Deployment.kdf_salt, Deployment.kdf_iterations))
+    return result.one_or_none()
+
+
+async def create_deployment(
+    session: AsyncSession, salt: bytes, iterations: int, now: datetime
+) -> None:
+    session.add(Deployment(id=1, kdf_salt=salt, kdf_iterations=iterations, created_at=now))
+    await session.flush()
+
+
+async def list_verifiers(session: AsyncSession) -> dict[str, bytes]:
+    result = await session.execute(select(MasterKeyVerifier.key_id, MasterKeyVerifier.verifier))
+    return {key_id: verifier for key_id, verifier in result.tuples()}
+
+
+async def add_verifier(session: AsyncSession, key_id: str, verifier: bytes, now: datetime) -> None:
+    session.add(MasterKeyVerifier(key_id=key_id, verifier=verifier, created_at=now))
+    await session.flush()
+
+
+async def get_record(session: AsyncSession, sub: str) -> StoredRecord | None:
+    result = await session.execute(select(*_RECORD_COLUMNS).where(ApiKeyRecord.sub == sub))
+    row = result.one_or_none()
+    if row is None:
+        return None
+    sealed = SealedRecord(row.format_version, row.key_id, row.salt, row.nonce, row.ciphertext)
+    return StoredRecord(sealed, RecordState(row.last4, row.version, row.created_at, row.updated_at))
+
+
+async def get_state(session: AsyncSession, sub: str) -> RecordState | None:
+    result = await session.execute(select(*_STATE_COLUMNS).where(ApiKeyRecord.sub == sub))
+    row = result.one_or_none()
+    return None if row is None else RecordState(*row)
+
+
+async def upsert_record(
+    session: AsyncSession, sub: str, sealed: SealedRecord, last4: str, now: datetime
+) -> RecordState:
+    """Create with version 1, or replace and bump the version, in one atomic statement."""
+    insert = _dialect_insert(session)
+    statement = (
+        insert(ApiKeyRecord)
+        .values(sub=sub, version=1, created_at=now, **_sealed_values(sealed, last4, now))
+        .on_conflict_do_update(
+            index_elements=[ApiKeyRecord.sub],
+            set_={**_sealed_values(sealed, last4, now), "version": ApiKeyRecord.version + 1},
+        )
+        .returning(*_STATE_COLUMNS)
+    )
+    row = (await session.execute(statement)).one()
+    return RecordState(*row)
+
+
+async def insert_record_if_absent(
+    session: AsyncSession, sub: str, sealed: SealedRecord, last4: str, now: datetime
+) -> RecordState | None:
+    insert = _dialect_insert(session)
+    statement = (
+        insert(ApiKeyRecord)
+        .values(sub=sub, version=1, created_at=now, **_sealed_values(sealed, last4, now))
+        .on_conflict_do_nothing(index_elements=[ApiKeyRecord.sub])
+        .returning(*_STATE_COLUMNS)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    return None if row is None else RecordState(*row)
+
+
+async def replace_record_if_current(
+    session: AsyncSession,
+    sub: str,
+    expected: RecordState | None,
+    sealed: SealedRecord,
+    last4: str,
+    now: datetime,
+) -> RecordState | None:
+    """Compare-and-swap: replace only while the row is still the one the caller saw.
+
+    `expected=None` means "any existing row". The creation time is compared as well as the version
+    so that a delete and re-create (version 1 again) does not pass for the value the caller saw.
+    """
+    statement = update(ApiKeyRecord).where(ApiKeyRecord.sub == sub)
+    if expected is not None:
+        statement = statement.where(
+            ApiKeyRecord.version == expected.version,
+            ApiKeyRecord.created_at == expected.created_at,
+        )
+    statement = statement.values(
+        **_sealed_values(sealed, last4, now), version=ApiKeyRecord.version + 1
+    ).returning(*_STATE_COLUMNS)
+    row = (await session.execute(statement, execution_options=_NO_SYNC)).one_or_none()
+    return None if row is None else RecordState(*row)
+
+
+async def delete_record(session: AsyncSession, sub: str) -> bool:
+    result = await session.execute(
+        delete(ApiKeyRecord).where(ApiKeyRecord.sub == sub).returning(ApiKeyRecord.version),
+        execution_options=_NO_SYNC,
+    )
+    return result.one_or_none() is not None
+
+
+def _sealed_values(sealed: SealedRecord, last4: str, now: datetime) -> dict[str, Any]:
+    return {
+        "format_version": sealed.format_version,
+        "key_id": sealed.key_id,
+        "salt": sealed.salt,
+        "nonce": sealed.nonce,
+        "ciphertext": sealed.ciphertext,
+        "last4": last4,
+        "updated_at": now,
+    }
+
+
+def _dialect_insert(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -1,0 +1,67 @@
+"""Request and response bodies. The incoming key is a SecretStr so no repr or error can show it."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+API_KEY_MAX_LENGTH: Final = 1024
+
+
+def _clean_api_key(value: SecretStr) -> SecretStr:
+    key = value.get_secret_value().strip()
+    if not key:
+        raise ValueError("must not be empty")
+    if len(key) > API_KEY_MAX_LENGTH:
+        raise ValueError(f"must be at most {API_KEY_MAX_LENGTH} characters")
+    if any(char.isspace() for char in key):
+        raise ValueError("must not contain whitespace")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in key):
+        raise ValueError("must not contain control characters")
+    return SecretStr(key)
+
+
+class ApiKeyWrite(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        hide_input_in_errors=True,
+        json_schema_extra={
+            "examples": [{"api_key": "sk-proj-EXAMPLE0000000000000000000000000000"}]
+        },
+    )
+
+    api_key: Annotated[
+        SecretStr,
+        AfterValidator(_clean_api_key),
+        Field(description="The user's third-party API key; surrounding whitespace is trimmed."),
+    ]
+
+
+class KeyStatus(BaseModel):
+    sub: str
+    has_api_key: bool
+    last4: str | None = Field(description="The key's last four characters, when it is long enough.")
+    created_at: datetime | None
+    updated_at: datetime | None
+    version: int | None = Field(description="1 on creation, one more on every write.")
+
+
+class ApiKeyRead(BaseModel):
+    sub: str
+    api_key: str
+    last4: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str
+    title: str
+    status: int
+    detail: str

@@ -1,0 +1,133 @@
+"""The operations on a user's API key, as plain async functions over a session and a keyring."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyvault import repository
+from keyvault.crypto import Keyring, RecordIntegrityError, UnknownKeyIdError
+from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
+from keyvault.repository import RecordState
+from keyvault.schemas import ApiKeyRead, KeyStatus
+
+LAST4_MIN_KEY_LENGTH: Final = 12
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+log = logging.getLogger("keyvault")
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """The request's If-Match / If-None-Match, already parsed."""
+
+    if_match: frozenset[str] | None = None  # entity tags, or {"*"}
+    if_none_match_any: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    status: KeyStatus
+    etag: str
+    created: bool
+
+
+def etag_for(state: RecordState) -> str:
+    """Version plus creation time: a deleted and re-created key never matches an old tag."""
+    created_us = (state.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f'"{state.version}.{created_us}"'
+
+
+async def put_api_key(
+    session: AsyncSession,
+    keyring: Keyring,
+    sub: str,
+    api_key: str,
+    precondition: Precondition = Precondition(),
+) -> WriteResult:
+    sealed = keyring.seal(sub, api_key)
+    last4 = last4_of(api_key)
+    now = datetime.now(UTC)
+    if precondition.if_none_match_any:
+        state = await repository.insert_record_if_absent(session, sub, sealed, last4, now)
+        if state is None:
+            raise PreconditionFailed("This user already has an API key (If-None-Match: *).")
+    elif precondition.if_match is not None:
+        current = await repository.get_state(session, sub)
+        if current is None or not _matches(precondition.if_match, current):
+            raise PreconditionFailed("The key has changed since the given ETag was issued.")
+        state = await repository.replace_record_if_current(
+            session, sub, current, sealed, last4, now
+        )
+    else:
+        state = await repository.upsert_record(session, sub, sealed, last4, now)
+    if state is None:
+        raise PreconditionFailed("The key has changed since the given ETag was issued.")
+    return WriteResult(_status(sub, state), etag_for(state), created=state.version == 1)
+
+
+async def get_api_key(session: AsyncSession, keyring: Keyring, sub: str) -> tuple[ApiKeyRead, str]:
+    record = await repository.get_record(session, sub)
+    if record is None:
+        raise NotFound("This user has no API key.")
+    try:
+        api_key = keyring.open(sub, record.sealed)
+    except UnknownKeyIdError as error:
+        log.error("stored key for sub=%r is sealed under unconfigured key id %s", sub, error.key_id)
+        raise RecordUndecryptable(
+            f"The stored key is sealed under master key id {error.key_id}, which is not configured."
+        ) from None
+    except RecordIntegrityError:
+        log.error("stored key for sub=%r failed its integrity check (tampered or moved)", sub)
+        raise RecordUndecryptable(
+            "The stored key failed its integrity check; it was altered or copied from another user."
+        ) from None
+    state = record.state
+    body = ApiKeyRead(
+        sub=sub,
+        api_key=api_key,
+        last4=state.last4 or None,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        version=state.version,
+    )
+    return body, etag_for(state)
+
+
+async def get_status(session: AsyncSession, sub: str) -> tuple[KeyStatus, str | None]:
+    state = await repository.get_state(session, sub)
+    if state is None:
+        empty = KeyStatus(
+            sub=sub, has_api_key=False, last4=None, created_at=None, updated_at=None, version=None
+        )
+        return empty, None
+    return _status(sub, state), etag_for(state)
+
+
+async def delete_api_key(session: AsyncSession, sub: str) -> None:
+    if not await repository.delete_record(session, sub):
+        raise NotFound("This user has no API key.")
+
+
+def last4_of(api_key: str) -> str:
+    """Short keys would give away too much of themselves; they get no hint at all."""
+    return api_key[-4:] if len(api_key) >= LAST4_MIN_KEY_LENGTH else ""
+
+
+def _matches(tags: frozenset[str], current: RecordState) -> bool:
+    return "*" in tags or etag_for(current) in tags
+
+
+def _status(sub: str, state: RecordState) -> KeyStatus:
+    return KeyStatus(
+        sub=sub,
+        has_api_key=True,
+        last4=state.last4 or None,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        version=state.version,
+    )
