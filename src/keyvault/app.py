@@ -14,7 +14,7 @@ from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
 from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
-from keyvault.middleware import BodySizeLimit, LastResortErrors, SecurityHeaders
+from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 
 DESCRIPTION = """\
 Keeps each user's third-party API key encrypted at rest (AES-256-GCM, bound to its owner) and
@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     app.add_middleware(LastResortErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestId)
     return app

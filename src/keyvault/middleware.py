@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
+from contextvars import ContextVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +15,41 @@ from keyvault.errors import PayloadTooLarge, problem_response
 log = logging.getLogger("keyvault")
 
 DATABASE_RETRY_AFTER_SECONDS = "1"
+REQUEST_ID_HEADER = b"x-request-id"
+# A caller's request id is echoed into logs and headers, so only a plain token is taken as given.
+_ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+class RequestId:
+    """Take X-Request-ID from the caller (or make one), expose it to the request, echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
+        request_id = (
+            given.decode("ascii") if _ACCEPTABLE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = current_request_id.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)
 
 
 class _BodyTooLarge(Exception):
