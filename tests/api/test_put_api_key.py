@@ -1,24 +1,240 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 
 from tests.conftest import TokenFactory, bearer, key_path
 
-ALL = "api-key:read api-key:write api-key:delete"
+WRITE = "api-key:write api-key:read"
+CANARY = "sk-CANARY-never-echo-0123456789"
 
 
-async def test_first_put_creates_version_one(client: httpx.AsyncClient, token: TokenFactory) -> None:
-    response = await client.put(
-        key_path("alice"), json={"api_key": "  sk-proj-abcdefghijkl1234  "}, headers=bearer(token("alice", ALL))
-    )
+async def put(
+    client: httpx.AsyncClient, token: TokenFactory, sub: str, body: object, **headers: str
+) -> httpx.Response:
+    return await client.put(key_path(sub), json=body, headers=bearer(token(sub, WRITE)) | headers)
+
+
+async def test_first_put_creates_version_one(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await put(client, token, "alice", {"api_key": "sk-proj-abcdefghijkl1234"})
+
     assert response.status_code == 201
     body = response.json()
-    assert body["has_api_key"] is True
-    assert body["version"] == 1
-    assert body["last4"] == "1234"
-    assert response.headers["ETag"]
+    assert body == body | {"sub": "alice", "has_api_key": True, "version": 1, "last4": "1234"}
+    assert body["created_at"] == body["updated_at"]
+    assert response.headers["ETag"].startswith('"1.')
 
-    read = await client.get(key_path("alice"), headers=bearer(token("alice", ALL)))
-    assert read.status_code == 200
-    assert read.json()["api_key"] == "sk-proj-abcdefghijkl1234"
-    assert read.headers["Cache-Control"] == "no-store"
+
+async def test_second_put_replaces_and_bumps_the_version(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(client, token, "alice", {"api_key": "sk-second-00000000000"})
+
+    assert response.status_code == 200
+    assert response.json()["version"] == 2
+    assert response.headers["ETag"].startswith('"2.')
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["api_key"] == "sk-second-00000000000"
+
+
+async def test_surrounding_whitespace_is_trimmed(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    await put(client, token, "alice", {"api_key": " \t sk-padded-000000000000 \n"})
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["api_key"] == "sk-padded-000000000000"
+
+
+async def test_short_key_gets_no_last4(client: httpx.AsyncClient, token: TokenFactory) -> None:
+    response = await put(client, token, "alice", {"api_key": "short"})
+    assert response.status_code == 201
+    assert response.json()["last4"] is None
+
+
+@pytest.mark.parametrize(
+    ("api_key", "reason"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("sk-" + "x" * 1022, "at most 1024 characters"),
+        ("sk-inner space-CANARY", "must not contain whitespace"),
+        ("sk-CANARY\x00null", "must not contain control characters"),
+        ("sk-CANARY\x1bescape", "must not contain control characters"),
+        ("sk-CANARY\u200binvisible", "must not contain control characters"),
+    ],
+)
+async def test_invalid_keys_are_422_without_echo(
+    client: httpx.AsyncClient, token: TokenFactory, api_key: str, reason: str
+) -> None:
+    response = await put(client, token, "alice", {"api_key": api_key})
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert reason in response.json()["detail"]
+    assert "CANARY" not in response.text
+    assert "x" * 50 not in response.text
+    status = await client.get(key_path("alice", "/status"), headers=bearer(token("alice", WRITE)))
+    assert status.json()["has_api_key"] is False
+
+
+async def test_key_of_exactly_1024_characters_is_accepted(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await put(client, token, "alice", {"api_key": "k" * 1024})
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"api_key": CANARY, "extra": CANARY},
+        {"apikey": CANARY},
+        {"api_key": [CANARY]},
+        [CANARY],
+        CANARY,
+    ],
+)
+async def test_malformed_bodies_are_422_and_never_echo_the_key(
+    client: httpx.AsyncClient, token: TokenFactory, body: object
+) -> None:
+    response = await put(client, token, "alice", body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(response.json()) == {"type", "title", "status", "detail"}
+    assert "CANARY" not in response.text
+
+
+async def test_invalid_json_is_422_without_echo(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await client.put(
+        key_path("alice"),
+        content=b'{"api_key": "sk-CANARY-0000000000",',
+        headers=bearer(token("alice", WRITE)) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "CANARY" not in response.text
+
+
+async def test_body_over_16_kib_is_413(client: httpx.AsyncClient, token: TokenFactory) -> None:
+    response = await put(client, token, "alice", {"api_key": "k" * (16 * 1024 + 1)})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_streamed_body_over_16_kib_is_413(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"api_key": "'
+        for _ in range(20):
+            yield b"k" * 1024
+        yield b'"}'
+
+    response = await client.put(
+        key_path("alice"),
+        content=chunks(),
+        headers=bearer(token("alice", WRITE)) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    status = await client.get(key_path("alice", "/status"), headers=bearer(token("alice", WRITE)))
+    assert status.json()["has_api_key"] is False
+
+
+async def test_if_match_with_the_current_etag_replaces(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-second-00000000000"},
+        **{"If-Match": created.headers["ETag"]},
+    )
+    assert response.status_code == 200
+    assert response.json()["version"] == 2
+
+
+async def test_if_match_with_a_stale_etag_is_412_and_keeps_the_value(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    await put(client, token, "alice", {"api_key": "sk-second-00000000000"})
+
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-third-000000000000"},
+        **{"If-Match": created.headers["ETag"]},
+    )
+
+    assert response.status_code == 412
+    assert response.headers["content-type"] == "application/problem+json"
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json() | {"api_key": "sk-second-00000000000", "version": 2} == read.json()
+
+
+async def test_if_match_on_a_missing_key_is_412(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await put(
+        client, token, "alice", {"api_key": "sk-first-000000000000"}, **{"If-Match": "*"}
+    )
+    assert response.status_code == 412
+
+
+async def test_etag_from_before_a_delete_does_not_match_the_recreated_key(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    old = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    await client.delete(key_path("alice"), headers=bearer(token("alice", "api-key:delete")))
+    recreated = await put(client, token, "alice", {"api_key": "sk-second-00000000000"})
+    assert recreated.json()["version"] == 1
+
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-third-000000000000"},
+        **{"If-Match": old.headers["ETag"]},
+    )
+    assert response.status_code == 412
+
+
+async def test_if_none_match_star_only_creates(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    first = await put(
+        client, token, "alice", {"api_key": "sk-first-000000000000"}, **{"If-None-Match": "*"}
+    )
+    second = await put(
+        client, token, "alice", {"api_key": "sk-second-00000000000"}, **{"If-None-Match": "*"}
+    )
+    assert (first.status_code, second.status_code) == (201, 412)
+
+
+@pytest.mark.parametrize("sub", ["google-oauth2|1234", "auth0|abc/def", "ünïcødé user", "x" * 255])
+async def test_unusual_but_valid_subs_round_trip(
+    client: httpx.AsyncClient, token: TokenFactory, sub: str
+) -> None:
+    response = await put(client, token, sub, {"api_key": "sk-unusual-sub-0000000"})
+    assert response.status_code == 201
+    assert response.json()["sub"] == sub
+    read = await client.get(key_path(sub), headers=bearer(token(sub, WRITE)))
+    assert read.json()["sub"] == sub
+
+
+@pytest.mark.parametrize("sub", ["x" * 256, "tab\there", "nul\x00byte", "del\x7f"])
+async def test_invalid_subs_are_422(
+    client: httpx.AsyncClient, token: TokenFactory, sub: str
+) -> None:
+    response = await put(client, token, sub, {"api_key": "sk-unusual-sub-0000000"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
