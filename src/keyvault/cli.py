@@ -50,7 +50,9 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
                 f"database error ({type(error).__name__}); check KEYVAULT_DATABASE_URL and that it is up"
             )
         except (ConnectionError, TimeoutError) as error:
-            _fail(f"cannot reach the database ({type(error).__name__}); check KEYVAULT_DATABASE_URL")
+            _fail(
+                f"cannot reach the database ({type(error).__name__}); check KEYVAULT_DATABASE_URL"
+            )
         except OSError as error:
             _fail(f"{type(error).__name__}: {error.strerror or 'I/O error'}")
 
