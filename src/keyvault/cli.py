@@ -10,6 +10,7 @@ import secrets
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
@@ -207,9 +208,14 @@ def _exit_cleanly_after_sigterm() -> None:
 
     uvicorn finishes in-flight requests and closes the pool, then re-raises the signal it caught
     under the handler that was there before; with the default one the process would die by the
-    signal (exit 143 in a container) after an orderly shutdown. This handler lets it return, exit 0.
+    signal (exit 143 in a container) after an orderly shutdown. This one exits 0 instead, and a
+    SIGTERM that arrives before uvicorn installs its own handler (nothing in flight yet) too.
     """
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+
+    def exit_zero(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_zero)
 
 
 def _configure_logging() -> None:
