@@ -9,7 +9,6 @@ own commands (its secret-making step is run for real).
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shlex
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import dockerfile
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -46,38 +46,28 @@ NON_SETTING_VARIABLES = {"KEYVAULT_ALEMBIC_DIR"}
 @dataclass
 class Stage:
     name: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
+    instructions: list[Any] = field(default_factory=list)  # dockerfile.Command
 
-    def all(self, keyword: str) -> list[str]:
-        return [args for name, args in self.instructions if name == keyword]
+    def all(self, keyword: str) -> list[Any]:
+        return [command for command in self.instructions if command.cmd == keyword]
 
-    def last(self, keyword: str) -> str:
+    def last(self, keyword: str) -> Any:
         found = self.all(keyword)
         assert found, f"no {keyword} in stage {self.name}"
         return found[-1]
 
+    def values(self, keyword: str) -> list[str]:
+        return [" ".join(command.value) for command in self.all(keyword)]
+
 
 def dockerfile_stages() -> list[Stage]:
-    """FROM … AS name starts a stage; continuation lines are joined, comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
+    """The Dockerfile as Docker's own parser (moby/buildkit, via `dockerfile`) reads it."""
     stages: list[Stage] = []
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            stages.append(Stage(args.split()[-1]))
+    for command in dockerfile.parse_file(str(DOCKERFILE)):
+        if command.cmd == "FROM":
+            stages.append(Stage(command.value[-1]))
         elif stages:
-            stages[-1].instructions.append((keyword, args.strip()))
+            stages[-1].instructions.append(command)
     return stages
 
 
@@ -85,18 +75,27 @@ def runtime_stage() -> Stage:
     return dockerfile_stages()[-1]
 
 
-def exec_form(args: str) -> list[str]:
-    value = json.loads(args)
-    assert isinstance(value, list), f"not exec form: {args}"
-    return [str(part) for part in value]
+def exec_form(command: Any) -> list[str]:
+    assert command.json, f"{command.original} is not in exec (JSON) form"
+    return list(command.value)
+
+
+def healthcheck_command(stage: Stage) -> list[str]:
+    check = exec_form(stage.last("HEALTHCHECK"))
+    assert check[0] == "CMD", check
+    return check[1:]
+
+
+def exposed_port(stage: Stage) -> str:
+    (port,) = stage.last("EXPOSE").value
+    return str(port)
 
 
 def env_instructions(stage: Stage) -> dict[str, str]:
     variables: dict[str, str] = {}
-    for args in stage.all("ENV"):
-        for pair in shlex.split(args):
-            name, _, value = pair.partition("=")
-            variables[name] = value
+    for command in stage.all("ENV"):
+        pairs = list(command.value)
+        variables.update(zip(pairs[::2], pairs[1::2], strict=True))
     return variables
 
 
@@ -184,15 +183,18 @@ def is_route(method: str, path: str) -> bool:
 
 def test_image_runs_as_an_unprivileged_user_it_creates() -> None:
     stage = runtime_stage()
-    user = stage.last("USER").split(":")[0]
+    user = stage.last("USER").value[0].split(":")[0]
     assert user not in ("root", "0")
-    created = " ".join(stage.all("RUN"))
+    created = " ".join(stage.values("RUN"))
     assert re.search(rf"useradd\b.*--uid {user}\b", created), "the USER's uid is not created"
 
 
 def test_image_installs_dependencies_only_from_the_hash_pinned_lock() -> None:
     installs = [
-        args for stage in dockerfile_stages() for args in stage.all("RUN") if "pip install" in args
+        args
+        for stage in dockerfile_stages()
+        for args in stage.values("RUN")
+        if "pip install" in args
     ]
     locked = [args for args in installs if "--require-hashes" in args]
     assert locked, "no pip install --require-hashes"
@@ -208,17 +210,16 @@ def test_image_entrypoint_and_command_are_a_real_serve_invocation() -> None:
     assert command[0] == "serve"
     assert cli_accepts(command)
     assert option_value(command, "--host") == "0.0.0.0"
-    assert option_value(command, "--port") == stage.last("EXPOSE")
+    assert option_value(command, "--port") == exposed_port(stage)
 
 
 def test_healthcheck_asks_a_real_route_on_the_served_port_without_curl() -> None:
     stage = runtime_stage()
-    healthcheck = stage.last("HEALTHCHECK")
-    command = exec_form(healthcheck[healthcheck.index("CMD") + 3 :].strip())
+    command = healthcheck_command(stage)
     assert command[0] == "python"  # the slim image has no curl
     url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", command[-1])
     assert url, command
-    assert url.group(1) == stage.last("EXPOSE")
+    assert url.group(1) == exposed_port(stage)
     assert is_route("GET", url.group(2))
 
 
@@ -232,8 +233,8 @@ def test_image_points_keyvault_at_the_migrations_it_copies(
 ) -> None:
     stage = runtime_stage()
     configured = env_instructions(stage)["KEYVAULT_ALEMBIC_DIR"]
-    workdir = PurePosixPath(stage.last("WORKDIR"))
-    copied = [args.split() for args in stage.all("COPY") if args.split()[0] == "alembic"]
+    workdir = PurePosixPath(stage.last("WORKDIR").value[0])
+    copied = [command.value for command in stage.all("COPY") if command.value[0] == "alembic"]
     assert copied, "alembic/ is not copied into the image"
     assert workdir / copied[0][-1] == PurePosixPath(configured)
     monkeypatch.setenv("KEYVAULT_ALEMBIC_DIR", configured)
@@ -260,10 +261,10 @@ def dockerignore_excludes(path: str) -> bool:
 
 def test_everything_the_image_copies_is_in_the_build_context() -> None:
     for stage in dockerfile_stages():
-        for args in stage.all("COPY"):
-            if args.startswith("--from"):
+        for command in stage.all("COPY"):
+            if any(flag.startswith("--from") for flag in command.flags):
                 continue
-            *sources, _destination = args.split()
+            *sources, _destination = command.value
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such file"
                 assert not dockerignore_excludes(source), (
@@ -326,7 +327,7 @@ def test_api_serves_on_all_interfaces_of_the_port_it_publishes() -> None:
     assert cli_accepts(command)
     assert option_value(command, "--host") == "0.0.0.0"
     published = api["ports"][0].rsplit(":", 1)[-1]
-    assert published == option_value(command, "--port") == runtime_stage().last("EXPOSE") == "8000"
+    assert published == option_value(command, "--port") == exposed_port(runtime_stage()) == "8000"
 
 
 def test_api_is_given_longer_to_stop_than_it_gives_in_flight_requests() -> None:
@@ -466,13 +467,14 @@ def test_readme_lists_every_serve_option() -> None:
 @pytest.mark.server
 def test_healthcheck_command_passes_against_a_running_server(tmp_path: Path) -> None:
     """The image's HEALTHCHECK, pointed at a real server's port, reports healthy; a dead port not."""
-    healthcheck = runtime_stage().last("HEALTHCHECK")
-    script = exec_form(healthcheck[healthcheck.index("CMD") + 3 :].strip())[-1]
+    stage = runtime_stage()
+    script = healthcheck_command(stage)[-1]
+    served = f":{exposed_port(stage)}/"
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'health.db'}"
     upgrade_to_head(database_url)
 
     def check(port: str) -> int:
-        probe = script.replace(":8000/", f":{port}/")
+        probe = script.replace(served, f":{port}/")
         return subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, timeout=30
         ).returncode
