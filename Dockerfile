@@ -12,6 +12,8 @@ COPY requirements.lock ./
 RUN /opt/keyvault/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
+# --no-deps: everything it needs is already installed from the lock. The build backend
+# (setuptools) lives in pip's throw-away build environment and never reaches the image.
 RUN /opt/keyvault/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE} AS runtime
