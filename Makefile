@@ -5,15 +5,25 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint
+.PHONY: install run test lint lock
 
-$(BIN)/keyvault: pyproject.toml
+# Pinned, hash-checked versions first (reproducible, no resolver run); then the project itself.
+# `-e '.[dev]'` finds nothing left to install unless pyproject.toml gained a dependency the lock
+# lacks, and tests/test_lock_files.py then fails until `make lock` is run.
+$(BIN)/keyvault: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev]'
 	touch $@
 
 install: $(BIN)/keyvault
+
+# Re-pin after editing dependencies in pyproject.toml; LOCK_ARGS=--upgrade moves every pin to the
+# newest release, LOCK_ARGS='--upgrade-package NAME' just one. Both locks, same Python as the image.
+LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock: install
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra dev -o requirements-dev.lock pyproject.toml
 
 run: install
 	$(BIN)/keyvault init

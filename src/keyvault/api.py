@@ -13,7 +13,19 @@ from keyvault import service
 from keyvault.auth import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.crypto import Keyring
 from keyvault.db import session_scope
-from keyvault.errors import ServiceUnavailable
+from keyvault.errors import (
+    PROBLEM_JSON,
+    PROBLEM_TYPE_BASE,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Problem,
+    RecordUndecryptable,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
 from keyvault.service import Precondition
 
@@ -46,14 +58,49 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
         503: "The database is unreachable or the service is not ready.",
     }
+    # Declared under application/problem+json only (a `model` would also list application/json).
     return {
         code: {
-            "model": ProblemDetails,
             "description": described[code],
-            "content": {"application/problem+json": {}},
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": ProblemDetails.model_json_schema(),
+                    "example": _PROBLEM_EXAMPLES[code],
+                }
+            },
         }
         for code in codes
     }
+
+
+def _example(slug: str, title: str, status: int, detail: str) -> dict[str, Any]:
+    return {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
+
+
+# What each error looks like on the wire, for the docs page; the details are real ones.
+_EXAMPLE_DETAILS: list[tuple[type[Problem], str]] = [
+    (Unauthorized, "The bearer token has expired."),
+    (Forbidden, "Acting on another user's key needs the users:any scope."),
+    (NotFound, "This user has no API key."),
+    (PreconditionFailed, "The key has changed since the given ETag was issued."),
+    (PayloadTooLarge, "The request body is larger than 16384 bytes."),
+    (InvalidRequest, "api_key: Value error, must not contain whitespace"),
+    (
+        RecordUndecryptable,
+        "The stored key failed its integrity check; it was altered or copied from another user.",
+    ),
+]
+_PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    problem.status: _example(problem.slug, problem.title, problem.status, detail)
+    for problem, detail in _EXAMPLE_DETAILS
+}
+# A 503 is most often the outage answer from middleware.LastResortErrors.
+_PROBLEM_EXAMPLES[503] = _example(
+    "database-unavailable",
+    "Database unavailable",
+    503,
+    "The database cannot be reached right now; retry shortly.",
+)
 
 
 router = APIRouter()

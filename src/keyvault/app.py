@@ -12,6 +12,7 @@ from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
+from keyvault.docs import install_docs
 from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
@@ -49,8 +50,17 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
                 await jwks.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="keyvault", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's own pages load from CDNs; docs.py serves /docs locally.
+    app = FastAPI(
+        title="keyvault",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.include_router(api.router)
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(LastResortErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from pydantic import (
     AliasChoices,
@@ -14,7 +15,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
 
@@ -52,6 +59,23 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = Field(default=300, ge=1)
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            SecretFileSettings(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
@@ -104,6 +128,32 @@ class Settings(BaseSettings):
             )
         refuse_weak_master_key(key)
         return key
+
+
+class SecretFileSettings(PydanticBaseSettingsSource):
+    """`KEYVAULT_<NAME>_FILE=/run/secrets/…`: any setting read from a file, as Docker secrets are.
+
+    A secret in a file stays out of `docker inspect`, the process environment and crash reports.
+    Setting both the variable and its `_FILE` twin is refused rather than silently preferring one.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = self.config.get("env_prefix", "")
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            if field.validation_alias is not None:  # MASTER_ENCRYPTION_KEY has its own _FILE
+                continue
+            variable = f"{prefix}{name}".upper()
+            path = os.environ.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if variable in os.environ:
+                raise ConfigurationError(f"set {variable} or {variable}_FILE, not both")
+            values[name] = _read_secret_file(Path(path), f"{variable}_FILE")
+        return values
 
 
 def refuse_weak_master_key(key: str) -> None:

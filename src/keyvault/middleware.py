@@ -164,6 +164,13 @@ def _is_database_outage(error: BaseException) -> bool:
 
 
 class SecurityHeaders:
+    """`nosniff` on every response; `Cache-Control: no-store` on every one that sets no policy.
+
+    no-store by default, not route by route: a key (or a user's key status) must never sit in a
+    browser or proxy cache, and a new route that carries one is covered without anyone
+    remembering. Only what is safe to cache (the docs page's static assets) says so itself.
+    """
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -176,6 +183,8 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
 

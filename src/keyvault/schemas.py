@@ -41,6 +41,21 @@ class ApiKeyWrite(BaseModel):
 
 
 class KeyStatus(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sub": "google-oauth2|1234",
+                    "has_api_key": True,
+                    "last4": "0000",
+                    "created_at": "2026-11-28T13:05:00Z",
+                    "updated_at": "2026-11-28T13:05:00Z",
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
     sub: str
     has_api_key: bool
     last4: str | None = Field(description="The key's last four characters, when it is long enough.")
@@ -50,6 +65,21 @@ class KeyStatus(BaseModel):
 
 
 class ApiKeyRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sub": "google-oauth2|1234",
+                    "api_key": "sk-proj-EXAMPLE0000000000000000000000000000",
+                    "last4": "0000",
+                    "created_at": "2026-11-28T13:05:00Z",
+                    "updated_at": "2026-11-28T13:05:00Z",
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
     sub: str
     api_key: str
     last4: str | None
