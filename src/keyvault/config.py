@@ -17,11 +17,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
+from keyvault.ratelimit import parse_rate_limit, storage_scheme_is_supported
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
 MAX_JWT_LEEWAY_SECONDS: Final = 60
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./keyvault.db"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigurationError(Exception):
@@ -53,6 +55,19 @@ class Settings(BaseSettings):
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
 
+    # Postgres only. Together they bound how long a request waits on a dead or hung database:
+    # a pooled connection's ping (statement timeout) plus one reconnect (connect timeout) < 1 s.
+    database_connect_timeout: float = Field(default=0.4, gt=0, le=60)
+    database_statement_timeout: float = Field(default=0.4, gt=0, le=600)
+    database_pool_timeout: float = Field(default=0.5, gt=0, le=60)
+
+    log_level: str = "INFO"
+    metrics_token: SecretStr | None = None
+    rate_limit: str = "600/minute"
+    rate_limit_per_address: str | None = None
+    rate_limit_storage: SecretStr = SecretStr("memory://")
+    rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
@@ -67,6 +82,34 @@ class Settings(BaseSettings):
         if not value or not set(value) <= allowed:
             raise ValueError(f"KEYVAULT_JWKS_ALGORITHMS must be some of {sorted(allowed)}")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"KEYVAULT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("rate_limit", "rate_limit_per_address")
+    @classmethod
+    def _parsable_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate_limit(value)
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _supported_storage(cls, value: SecretStr) -> SecretStr:
+        if not storage_scheme_is_supported(value.get_secret_value()):
+            raise ValueError("KEYVAULT_RATE_LIMIT_STORAGE must be memory:// or a redis:// URL")
+        return value
+
+    @property
+    def address_rate_limit(self) -> str:
+        """The per-address limit: its own setting when given, else the per-principal one."""
+        return (
+            self.rate_limit if self.rate_limit_per_address is None else self.rate_limit_per_address
+        )
 
     @field_validator("jwt_secret")
     @classmethod
