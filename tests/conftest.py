@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,11 @@ JWT_SECRET = "test-jwt-secret-0123456789-abcdefghijklmnop"
 ISSUER = "keyvault-tests"
 AUDIENCE = "keyvault"
 
-BACKENDS = [b.strip() for b in os.environ.get("KEYVAULT_TEST_DATABASES", "sqlite,postgres").split(",") if b.strip()]
+BACKENDS = [
+    b.strip()
+    for b in os.environ.get("KEYVAULT_TEST_DATABASES", "sqlite,postgres").split(",")
+    if b.strip()
+]
 POSTGRES_ADMIN_URL = os.environ.get(
     "KEYVAULT_TEST_POSTGRES_URL", "postgresql+asyncpg://root@127.0.0.1:5432/postgres"
 )
@@ -188,8 +192,3 @@ def key_path(sub: str, suffix: str = "") -> str:
     from urllib.parse import quote
 
     return f"/users/{quote(sub, safe='')}/api-key{suffix}"
-
-
-@pytest.fixture
-def unique_sub() -> Iterator[str]:
-    yield f"google-oauth2|{uuid.uuid4().hex[:10]}"

@@ -59,9 +59,10 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
-    actor = scope.get("state", {}).get("actor")
-    if actor is not None:
-        line["actor"] = actor
+    state = scope.get("state", {})
+    for name in ("request_id", "actor"):
+        if state.get(name) is not None:
+            line[name] = state[name]
     client = scope.get("client")
     if client:
         line["client"] = client[0]
