@@ -4,6 +4,7 @@ import json
 import logging
 import logging.config
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -91,20 +92,51 @@ def test_a_traceback_inside_the_message_is_cut_to_the_exception_name() -> None:
     assert CANARY not in json.dumps(line)
 
 
-@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
-def test_logging_config_sends_uvicorn_through_json_and_silences_its_access_log(
-    level: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def configured() -> Iterator[Callable[[str], None]]:
+    """Applies `logging_config(level)` for one test, and puts the previous logging back after."""
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        logging.config.dictConfig(logging_config(level))
-        logging.getLogger("uvicorn.error").info("Started server process [1]")
-        logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /users/alice/api-key" 200')
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+    saved = root.handlers[:], root.level
+    names = ("keyvault", "uvicorn", "uvicorn.error", "uvicorn.access", "aiosqlite")
+    levels = {name: logging.getLogger(name).level for name in names}
 
-    lines = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    def apply(level: str) -> None:
+        logging.config.dictConfig(logging_config(level))
+
+    yield apply
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+    for name, previous in levels.items():
+        logging.getLogger(name).setLevel(previous)
+
+
+def written(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+
+
+def test_uvicorn_lines_go_through_json_and_its_access_log_is_silenced(
+    configured: Callable[[str], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured("INFO")
+
+    logging.getLogger("uvicorn.error").info("Started server process [1]")
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /users/alice/api-key" 200')
+
+    lines = written(capsys)
     assert [line["message"] for line in lines] == ["Started server process [1]"]
     assert lines[0]["logger"] == "uvicorn.error"
+
+
+def test_debug_level_opens_keyvaults_debug_lines_but_not_the_libraries(
+    configured: Callable[[str], None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured("DEBUG")
+
+    logging.getLogger("keyvault.access").debug("GET /healthz 200")
+    logging.getLogger("aiosqlite").debug("executing INSERT ... ['alice', b'sealed']")
+    logging.getLogger("aiosqlite").warning("a library warning")
+
+    assert [line["message"] for line in written(capsys)] == [
+        "GET /healthz 200",
+        "a library warning",
+    ]

@@ -81,8 +81,11 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
                 "stream": "ext://sys.stdout",
             }
         },
-        "root": {"handlers": ["stdout"], "level": level},
+        # Libraries speak at WARNING and above only: at DEBUG some of them (aiosqlite) log every
+        # statement with its parameters.
+        "root": {"handlers": ["stdout"], "level": "WARNING"},
         "loggers": {
+            "keyvault": {"handlers": [], "propagate": True, "level": level},
             # uvicorn's own lines (startup, shutdown, protocol errors) go through the JSON handler;
             # its access log is replaced by keyvault.access, which knows route templates and actors.
             "uvicorn": {"handlers": [], "propagate": True, "level": level},
