@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final
 
+from limits import RateLimitItem, parse_many
 from pydantic import (
     AliasChoices,
     Field,
@@ -17,13 +18,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.ratelimit import parse_rate_limit, storage_scheme_is_supported
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
 MAX_JWT_LEEWAY_SECONDS: Final = 60
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./keyvault.db"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
 
 
 class ConfigurationError(Exception):
@@ -100,7 +101,8 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_storage")
     @classmethod
     def _supported_storage(cls, value: SecretStr) -> SecretStr:
-        if not storage_scheme_is_supported(value.get_secret_value()):
+        url = value.get_secret_value()
+        if url != "memory://" and not url.startswith(REDIS_SCHEMES):
             raise ValueError("KEYVAULT_RATE_LIMIT_STORAGE must be memory:// or a redis:// URL")
         return value
 
@@ -147,6 +149,18 @@ class Settings(BaseSettings):
             )
         refuse_weak_master_key(key)
         return key
+
+
+def parse_rate_limit(value: str) -> list[RateLimitItem]:
+    """`600/minute`, or several as `10/second;600/minute`; an empty value means no limit."""
+    if not value.strip():
+        return []
+    try:
+        return parse_many(value)
+    except ValueError:
+        raise ValueError(
+            "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
+        ) from None
 
 
 def refuse_weak_master_key(key: str) -> None:

@@ -12,9 +12,9 @@ import hashlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
@@ -22,10 +22,8 @@ from redis.asyncio import ConnectionPool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyvault import metrics
+from keyvault.config import REDIS_SCHEMES, Settings, parse_rate_limit
 from keyvault.errors import TooManyRequests, problem_response
-
-if TYPE_CHECKING:
-    from keyvault.config import Settings
 
 log = logging.getLogger("keyvault")
 
@@ -34,23 +32,6 @@ EXEMPT_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 REDIS_TIMEOUT_SECONDS: Final = 0.25
 # After Redis fails, skip it for a moment instead of paying its timeout on every request.
 STORAGE_RETRY_SECONDS: Final = 1.0
-_REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
-
-
-def parse_rate_limit(value: str) -> list[RateLimitItem]:
-    """`600/minute`, or several as `10/second;600/minute`; an empty value means no limit."""
-    if not value.strip():
-        return []
-    try:
-        return parse_many(value)
-    except ValueError:
-        raise ValueError(
-            "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
-        ) from None
-
-
-def storage_scheme_is_supported(url: str) -> bool:
-    return url == "memory://" or url.startswith(_REDIS_SCHEMES)
 
 
 class RateLimiter:
@@ -65,7 +46,7 @@ class RateLimiter:
         self._per_address = parse_rate_limit(per_address)
         self._pool: ConnectionPool | None = None
         storage: Storage
-        if storage_url.startswith(_REDIS_SCHEMES):
+        if storage_url.startswith(REDIS_SCHEMES):
             # Our own pool, so the connections can be closed at shutdown and have short timeouts.
             self._pool = ConnectionPool.from_url(
                 storage_url,
