@@ -198,3 +198,7 @@ async def test_metrics_token_when_configured_opens_the_metrics(guarded_app: Fast
 
     assert response.status_code == 200
     assert "keyvault_http_requests_total" in response.text
+
+
+def test_an_empty_metrics_token_leaves_the_metrics_open(settings: Settings) -> None:
+    assert make_settings(settings.database_url, metrics_token="").metrics_token is None

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
             raise ValueError(f"KEYVAULT_JWKS_ALGORITHMS must be some of {sorted(allowed)}")
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _empty_token_is_no_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
