@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
 
-    # Postgres only. Together they bound how long a request waits on a dead or hung database:
-    # a pooled connection's ping (statement timeout) plus one reconnect (connect timeout) < 1 s.
+    # Postgres only. They bound how long a request waits on a dead or hung database: a new
+    # connection gives up after the connect timeout; a pooled one whose ping hangs gives up after
+    # the statement timeout, and closing it takes up to as long again, so 2 x 0.4 s < 1 s.
     database_connect_timeout: float = Field(default=0.4, gt=0, le=60)
     database_statement_timeout: float = Field(default=0.4, gt=0, le=600)
     database_pool_timeout: float = Field(default=0.5, gt=0, le=60)

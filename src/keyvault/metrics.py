@@ -39,7 +39,7 @@ log = logging.getLogger("keyvault")
 
 MULTIPROCESS_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 RECORD_COUNTS_MAX_AGE_SECONDS: Final = 10.0
-# The read path answers in milliseconds; the top buckets catch database timeouts (about 0.4 to 1 s).
+# The read path answers in milliseconds; the top buckets catch database timeouts (0.4 to 1 s).
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 AUTH_FAILURE_REASONS: Final = (
     "missing",
