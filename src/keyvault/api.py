@@ -24,6 +24,7 @@ from keyvault.errors import (
     Problem,
     RecordUndecryptable,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
 )
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
@@ -55,6 +56,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         412: "The If-Match / If-None-Match precondition does not hold.",
         413: "The request body is larger than 16 KiB.",
         422: "The path or body is invalid; the detail names the field, never its value.",
+        429: "Too many requests from this address or this caller; `Retry-After` says when to retry.",
         500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
         503: "The database is unreachable or the service is not ready.",
     }
@@ -84,6 +86,7 @@ _EXAMPLE_DETAILS: list[tuple[type[Problem], str]] = [
     (NotFound, "This user has no API key."),
     (PreconditionFailed, "The key has changed since the given ETag was issued."),
     (PayloadTooLarge, "The request body is larger than 16384 bytes."),
+    (TooManyRequests, "This caller has made too many requests; retry later."),
     (InvalidRequest, "api_key: Value error, must not contain whitespace"),
     (
         RecordUndecryptable,
@@ -113,7 +116,7 @@ router = APIRouter()
     summary="Store or replace a user's API key",
     responses={
         201: {"model": KeyStatus, "description": "Created."},
-        **_problems(401, 403, 412, 413, 422, 503),
+        **_problems(401, 403, 412, 413, 422, 429, 503),
     },
 )
 async def put_api_key(
@@ -141,7 +144,7 @@ async def put_api_key(
     "/users/{sub:path}/api-key/status",
     response_model=KeyStatus,
     summary="Whether a user has an API key (never reveals it)",
-    responses=_problems(401, 403, 422, 503),
+    responses=_problems(401, 403, 422, 429, 503),
 )
 async def read_api_key_status(
     sub: SubjectPath, caller: StatusReader, session: Session, response: Response
@@ -156,7 +159,7 @@ async def read_api_key_status(
     "/users/{sub:path}/api-key",
     response_model=ApiKeyRead,
     summary="Read a user's decrypted API key",
-    responses=_problems(401, 403, 404, 422, 500, 503),
+    responses=_problems(401, 403, 404, 422, 429, 500, 503),
 )
 async def read_api_key(
     sub: SubjectPath,
@@ -175,7 +178,7 @@ async def read_api_key(
     "/users/{sub:path}/api-key",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user's API key",
-    responses=_problems(401, 403, 404, 422, 503),
+    responses=_problems(401, 403, 404, 422, 429, 503),
 )
 async def delete_api_key(sub: SubjectPath, caller: KeyDeleter, session: Session) -> None:
     await service.delete_api_key(session, sub)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NoReturn
 
 import httpx
 import jwt
@@ -20,6 +20,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 
+from keyvault import metrics
 from keyvault.config import Settings
 from keyvault.errors import Forbidden, Unauthorized
 
@@ -27,6 +28,7 @@ HS_ALGORITHM: Final = "HS256"
 SUB_MAX_LENGTH: Final = 255
 JWKS_REFRESH_MIN_SECONDS: Final = 30
 JWKS_TIMEOUT_SECONDS: Final = 5.0
+_SOMEONE_ELSES: Final = "The bearer token was issued by or for someone else."
 
 
 class Scope(StrEnum):
@@ -56,7 +58,7 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Unauthorized("The bearer token is malformed.") from None
+            raise Unauthorized("The bearer token is malformed.", reason="malformed") from None
         kid = header.get("kid")
         if kid is not None and self._jwks is not None:
             key: Any = await self._jwks.key_for(str(kid))
@@ -64,7 +66,9 @@ class TokenVerifier:
         elif self._secret is not None:
             key, algorithms = self._secret, [HS_ALGORITHM]
         else:
-            raise Unauthorized("The bearer token names no key this service trusts.")
+            raise Unauthorized(
+                "The bearer token names no key this service trusts.", reason="unknown_key"
+            )
         return self._decode(token, key, algorithms)
 
     def _decode(self, token: str, key: Any, algorithms: list[str]) -> Principal:
@@ -79,11 +83,21 @@ class TokenVerifier:
                 options={"require": ["exp", "sub", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("The bearer token has expired.") from None
+            raise Unauthorized("The bearer token has expired.", reason="expired") from None
         except jwt.MissingRequiredClaimError as error:
-            raise Unauthorized(f"The bearer token lacks the '{error.claim}' claim.") from None
-        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
-            raise Unauthorized("The bearer token was issued by or for someone else.") from None
+            raise Unauthorized(
+                f"The bearer token lacks the '{error.claim}' claim.", reason="missing_claim"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized(_SOMEONE_ELSES, reason="wrong_audience") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized(_SOMEONE_ELSES, reason="wrong_issuer") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("The bearer token is invalid.", reason="bad_signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthorized("The bearer token is invalid.", reason="wrong_algorithm") from None
+        except jwt.DecodeError:
+            raise Unauthorized("The bearer token is invalid.", reason="malformed") from None
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is invalid.") from None
         return _principal_from(claims)
@@ -92,7 +106,7 @@ class TokenVerifier:
 def _principal_from(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
-        raise Unauthorized("The bearer token's subject is not a string.")
+        raise Unauthorized("The bearer token's subject is not a string.", reason="bad_subject")
     scope = claims.get("scope", "")
     scopes = scope.split() if isinstance(scope, str) else []
     client_id = claims.get("client_id") or claims.get("azp")
@@ -122,7 +136,8 @@ class JwksCache:
         key = self._keys.get(kid)
         if key is None:
             raise Unauthorized(
-                "The bearer token's key id is not in the identity provider's key set."
+                "The bearer token's key id is not in the identity provider's key set.",
+                reason="unknown_key",
             )
         return key
 
@@ -174,8 +189,19 @@ async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
 ) -> Principal:
+    try:
+        principal = await _verify(request, credentials)
+    except Unauthorized as failure:
+        metrics.AUTH_FAILURES.labels(failure.reason).inc()
+        raise
+    request.state.actor = principal.sub  # for the request's log line
+    await request.app.state.rate_limiter.enforce_for_principal(principal.sub)
+    return principal
+
+
+async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     if credentials is None:
-        raise Unauthorized("A bearer token is required.", error=None)
+        raise Unauthorized("A bearer token is required.", error=None, reason="missing")
     verifier: TokenVerifier = request.app.state.token_verifier
     return await verifier.verify(credentials.credentials)
 
@@ -193,12 +219,21 @@ def require(*allowed: Scope) -> Callable[..., Awaitable[Principal]]:
     async def check(sub: SubjectPath, caller: Caller) -> Principal:
         if not any(scope in caller.scopes for scope in allowed):
             wanted = " or ".join(scope.value for scope in allowed)
-            raise Forbidden(f"This action needs the {wanted} scope.")
+            _refuse(Forbidden(f"This action needs the {wanted} scope.", "forbidden_scope"))
         if caller.sub != sub and Scope.any_user not in caller.scopes:
-            raise Forbidden("Acting on another user's key needs the users:any scope.")
+            _refuse(
+                Forbidden(
+                    "Acting on another user's key needs the users:any scope.", "forbidden_user"
+                )
+            )
         return caller
 
     return check
+
+
+def _refuse(forbidden: Forbidden) -> NoReturn:
+    metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
+    raise forbidden
 
 
 KeyReader = Annotated[Principal, Depends(require(Scope.read))]

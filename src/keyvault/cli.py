@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import logging.config
 import os
 import secrets
+import shutil
 import signal
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
@@ -21,7 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keyvault.auth import mint_token
 from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
 from keyvault.db import create_engine, create_sessionmaker
+from keyvault.logs import logging_config
 from keyvault.master_keys import MasterKeyMismatchError, unlock
+from keyvault.metrics import MULTIPROCESS_DIR_VARIABLE
 from keyvault.migrations import is_at_head, upgrade_to_head
 
 app = typer.Typer(
@@ -143,21 +149,24 @@ def serve(
             "--ssl-certfile and --ssl-keyfile go together; give both or neither"
         )
     settings = load_settings()
+    log_config = logging_config(settings.log_level)
+    logging.config.dictConfig(log_config)
     asyncio.run(_unlock(settings, settings.master_key(), require_head=True))
-    _configure_logging()
     _exit_cleanly_after_sigterm()
-    uvicorn.run(
-        "keyvault.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        server_header=False,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        timeout_graceful_shutdown=shutdown_timeout,
-    )
+    with multiprocess_metrics(workers):
+        uvicorn.run(
+            "keyvault.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config,
+            access_log=False,
+            server_header=False,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            timeout_graceful_shutdown=shutdown_timeout,
+        )
 
 
 @app.command()
@@ -222,5 +231,23 @@ def _exit_cleanly_after_sigterm() -> None:
     signal.signal(signal.SIGTERM, exit_zero)
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+@contextmanager
+def multiprocess_metrics(workers: int) -> Iterator[None]:
+    """Workers share counters through files in PROMETHEUS_MULTIPROC_DIR (a fresh one unless given).
+
+    Set before uvicorn spawns the workers: prometheus-client picks its mode when a worker imports
+    it. A given directory is emptied first, as prometheus-client requires between runs.
+    """
+    if workers == 1:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    directory = Path(given) if given else Path(tempfile.mkdtemp(prefix="keyvault-metrics-"))
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)

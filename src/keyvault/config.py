@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Final
 
+from limits import RateLimitItem, parse_many
 from pydantic import (
     AliasChoices,
     Field,
@@ -29,6 +30,8 @@ SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-productio
 MIN_SECRET_LENGTH: Final = 32
 MAX_JWT_LEEWAY_SECONDS: Final = 60
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./keyvault.db"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
 
 
 class ConfigurationError(Exception):
@@ -77,6 +80,20 @@ class Settings(BaseSettings):
             file_secret_settings,
         )
 
+    # Postgres only. They bound how long a request waits on a dead or hung database: a new
+    # connection gives up after the connect timeout; a pooled one whose ping hangs gives up after
+    # the statement timeout, and closing it takes up to as long again, so 2 x 0.4 s < 1 s.
+    database_connect_timeout: float = Field(default=0.4, gt=0, le=60)
+    database_statement_timeout: float = Field(default=0.4, gt=0, le=600)
+    database_pool_timeout: float = Field(default=0.5, gt=0, le=60)
+
+    log_level: str = "INFO"
+    metrics_token: SecretStr | None = None
+    rate_limit: str = "600/minute"
+    rate_limit_per_address: str | None = None
+    rate_limit_storage: SecretStr = SecretStr("memory://")
+    rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
@@ -91,6 +108,40 @@ class Settings(BaseSettings):
         if not value or not set(value) <= allowed:
             raise ValueError(f"KEYVAULT_JWKS_ALGORITHMS must be some of {sorted(allowed)}")
         return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _empty_token_is_no_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"KEYVAULT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("rate_limit", "rate_limit_per_address")
+    @classmethod
+    def _parsable_rate_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate_limit(value)
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _supported_storage(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url != "memory://" and not url.startswith(REDIS_SCHEMES):
+            raise ValueError("KEYVAULT_RATE_LIMIT_STORAGE must be memory:// or a redis:// URL")
+        return value
+
+    @property
+    def address_rate_limit(self) -> str:
+        """The per-address limit: its own setting when given, else the per-principal one."""
+        return (
+            self.rate_limit if self.rate_limit_per_address is None else self.rate_limit_per_address
+        )
 
     @field_validator("jwt_secret")
     @classmethod
@@ -154,6 +205,18 @@ class SecretFileSettings(PydanticBaseSettingsSource):
                 raise ConfigurationError(f"set {variable} or {variable}_FILE, not both")
             values[name] = _read_secret_file(Path(path), f"{variable}_FILE")
         return values
+
+
+def parse_rate_limit(value: str) -> list[RateLimitItem]:
+    """`600/minute`, or several as `10/second;600/minute`; an empty value means no limit."""
+    if not value.strip():
+        return []
+    try:
+        return parse_many(value)
+    except ValueError:
+        raise ValueError(
+            "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
+        ) from None
 
 
 def refuse_weak_master_key(key: str) -> None:

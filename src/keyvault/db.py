@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -18,7 +19,21 @@ from sqlalchemy.ext.asyncio import (
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the service waits on Postgres before answering 503 instead (seconds).
+
+    `statement` is enforced twice: by the server (statement_timeout, which cancels the query) and by
+    asyncpg (command_timeout, for a server that stopped answering at all). The CLI and migrations
+    use no timeouts: an ALTER on a large table may rightly take minutes.
+    """
+
+    connect: float
+    statement: float
+    pool: float
+
+
+def create_engine(database_url: str, timeouts: Timeouts | None = None) -> AsyncEngine:
     # hide_parameters: a failed statement's message must never carry the values it was given.
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -29,7 +44,22 @@ def create_engine(database_url: str) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
         return engine
-    return create_async_engine(url, hide_parameters=True, pool_pre_ping=True)
+    if timeouts is None:
+        return create_async_engine(url, hide_parameters=True, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_timeout=timeouts.pool,
+        connect_args={
+            "timeout": timeouts.connect,
+            "command_timeout": timeouts.statement,
+            "server_settings": {
+                "statement_timeout": str(round(timeouts.statement * 1000)),
+                "application_name": "keyvault",
+            },
+        },
+    )
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:

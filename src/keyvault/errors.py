@@ -30,18 +30,24 @@ class Problem(Exception):
 
 
 class Unauthorized(Problem):
+    """`reason` is a fixed word for metrics (`expired`, `bad_signature`, …), never shown to callers."""
+
     status, slug, title = 401, "unauthorized", "Authentication required"
 
-    def __init__(self, detail: str, error: str | None = "invalid_token") -> None:
+    def __init__(
+        self, detail: str, error: str | None = "invalid_token", reason: str = "invalid"
+    ) -> None:
         challenge = "Bearer" if error is None else f'Bearer error="{error}"'
         super().__init__(detail, {"WWW-Authenticate": challenge})
+        self.reason = reason
 
 
 class Forbidden(Problem):
     status, slug, title = 403, "forbidden", "Not allowed"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, reason: str = "forbidden_scope") -> None:
         super().__init__(detail, {"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+        self.reason = reason
 
 
 class NotFound(Problem):
@@ -58,6 +64,13 @@ class PayloadTooLarge(Problem):
 
 class InvalidRequest(Problem):
     status, slug, title = 422, "invalid-request", "Invalid request"
+
+
+class TooManyRequests(Problem):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_seconds)})
 
 
 class RecordUndecryptable(Problem):

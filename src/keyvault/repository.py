@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -151,6 +151,14 @@ async def delete_record(session: AsyncSession, sub: str) -> bool:
         execution_options=_NO_SYNC,
     )
     return result.one_or_none() is not None
+
+
+async def count_records_by_key_id(session: AsyncSession) -> dict[str, int]:
+    """For the metrics scrape; `key_id` is indexed, so this reads the index, not the records."""
+    result = await session.execute(
+        select(ApiKeyRecord.key_id, func.count()).group_by(ApiKeyRecord.key_id)
+    )
+    return {key_id: count for key_id, count in result.tuples()}
 
 
 def _sealed_values(sealed: SealedRecord, last4: str, now: datetime) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyvault import repository
+from keyvault import metrics, repository
 from keyvault.crypto import Keyring, RecordIntegrityError, UnknownKeyIdError
 from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
 from keyvault.repository import RecordState
@@ -77,12 +77,23 @@ async def get_api_key(session: AsyncSession, keyring: Keyring, sub: str) -> tupl
     try:
         api_key = keyring.open(sub, record.sealed)
     except UnknownKeyIdError as error:
-        log.error("stored key for sub=%r is sealed under unconfigured key id %s", sub, error.key_id)
+        metrics.DECRYPT_FAILURES.labels("unknown_key_id").inc()
+        log.error(
+            "stored key for sub=%r is sealed under unconfigured key id %s",
+            sub,
+            error.key_id,
+            extra={"event": "decrypt_failure", "reason": "unknown_key_id"},
+        )
         raise RecordUndecryptable(
             f"The stored key is sealed under master key id {error.key_id}, which is not configured."
         ) from None
     except RecordIntegrityError:
-        log.error("stored key for sub=%r failed its integrity check (tampered or moved)", sub)
+        metrics.DECRYPT_FAILURES.labels("integrity").inc()
+        log.error(
+            "stored key for sub=%r failed its integrity check (tampered or moved)",
+            sub,
+            extra={"event": "decrypt_failure", "reason": "integrity"},
+        )
         raise RecordUndecryptable(
             "The stored key failed its integrity check; it was altered or copied from another user."
         ) from None

@@ -1,0 +1,95 @@
+"""Logs as one JSON object per line on stdout, for every process `keyvault serve` starts.
+
+Each line has `time`, `level`, `logger`, `message`, the `request_id` of the request it belongs to,
+and whatever the caller passed as `extra` (`event`, `route`, `status`, …; an audit event's dict
+stays nested under `audit`). An exception shows only its type and where it was raised: exception
+messages can quote the values that caused them, and those may be keys or tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import traceback
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from keyvault.middleware import current_request_id
+
+# The attributes every LogRecord has; anything else on a record came in through `extra`.
+_RECORD_ATTRIBUTES: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+# uvicorn repeats each message with terminal colours under this name.
+_IGNORED_EXTRAS: Final = frozenset({"color_message"})
+_MAX_FRAMES: Final = 20
+_TRACEBACK_MARK: Final = "Traceback (most recent call last):"
+_NAME: Final = re.compile(r"[A-Za-z_][\w.]*")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if _TRACEBACK_MARK in line["message"]:
+            line["message"], line["exc_type"] = _without_traceback(line["message"])
+        request_id = current_request_id.get()
+        if request_id is not None:
+            line["request_id"] = request_id
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and name not in _IGNORED_EXTRAS and name not in line:
+                line[name] = value
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            line["exc_type"] = type(error).__name__
+            line["exc_frames"] = _frames(error)
+        return json.dumps(line, default=str)
+
+
+def _without_traceback(message: str) -> tuple[str, str]:
+    """Some libraries (Starlette's lifespan, for one) put a formatted traceback in the message
+    itself; its last line quotes the exception's message, so only the exception's name is kept."""
+    head, _, trace = message.partition(_TRACEBACK_MARK)
+    last = next((text for text in reversed(trace.splitlines()) if text.strip()), "")
+    name = last.split(":", 1)[0].strip()
+    return head.rstrip() or "traceback omitted", name if _NAME.fullmatch(name) else "unknown"
+
+
+def _frames(error: BaseException) -> list[str]:
+    """`file:line in function` for each frame: enough to find the code, and holds no values."""
+    frames = traceback.extract_tb(error.__traceback__)[-_MAX_FRAMES:]
+    return [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in frames]
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A dictConfig for this process and for each worker uvicorn spawns (it applies it in each)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "keyvault.logs.JsonFormatter"}},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        # Libraries speak at WARNING and above only: at DEBUG some of them (aiosqlite) log every
+        # statement with its parameters.
+        "root": {"handlers": ["stdout"], "level": "WARNING"},
+        "loggers": {
+            "keyvault": {"handlers": [], "propagate": True, "level": level},
+            # uvicorn's own lines (startup, shutdown, protocol errors) go through the JSON handler;
+            # its access log is replaced by keyvault.access, which knows route templates and actors.
+            "uvicorn": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
+        },
+    }

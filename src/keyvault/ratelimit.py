@@ -1,0 +1,160 @@
+"""Rate limits per client address (before anything else runs) and per token subject (after auth).
+
+Budgets are kept by the `limits` library with its sliding-window counter, in this process's memory
+or in Redis, where every replica draws on one shared budget. Never in the database: a flood of
+requests must not turn into a flood of queries. When Redis cannot be reached the limiter fails
+open (requests pass, a warning is logged once) rather than take the vault down with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from typing import Final
+
+from limits import RateLimitItem
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import ConnectionPool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from keyvault import metrics
+from keyvault.config import REDIS_SCHEMES, Settings, parse_rate_limit
+from keyvault.errors import TooManyRequests, problem_response
+
+log = logging.getLogger("keyvault")
+
+# Probes and the scraper must keep working while a client is being throttled.
+EXEMPT_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+REDIS_TIMEOUT_SECONDS: Final = 0.25
+# After Redis fails, skip it for a moment instead of paying its timeout on every request.
+STORAGE_RETRY_SECONDS: Final = 1.0
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        per_principal: str,
+        per_address: str,
+        storage_url: str = "memory://",
+        key_prefix: str = "keyvault",
+    ) -> None:
+        self._per_principal = parse_rate_limit(per_principal)
+        self._per_address = parse_rate_limit(per_address)
+        self._pool: ConnectionPool | None = None
+        storage: Storage
+        if storage_url.startswith(REDIS_SCHEMES):
+            # Our own pool, so the connections can be closed at shutdown and have short timeouts.
+            self._pool = ConnectionPool.from_url(
+                storage_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
+            storage = RedisStorage(
+                "async+" + storage_url,
+                implementation="redispy",
+                key_prefix=key_prefix,
+                connection_pool=self._pool,  # type: ignore[arg-type]
+                wrap_exceptions=True,
+            )
+        else:
+            storage = MemoryStorage()
+        self.storage_kind = "redis" if self._pool is not None else "memory"
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._storage_down_until = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        return cls(
+            settings.rate_limit,
+            settings.address_rate_limit,
+            settings.rate_limit_storage.get_secret_value(),
+            settings.rate_limit_key_prefix,
+        )
+
+    @property
+    def limits_addresses(self) -> bool:
+        return bool(self._per_address)
+
+    async def retry_after_for_address(self, address: str) -> int | None:
+        """Seconds until this address may try again, or None when it is within its budget."""
+        return await self._hit(self._per_address, "address", address)
+
+    async def enforce_for_principal(self, sub: str) -> None:
+        # Hashed: the limiter's storage (often a shared Redis) never learns who the users are.
+        subject = hashlib.blake2b(sub.encode("utf-8"), digest_size=16).hexdigest()
+        retry_after = await self._hit(self._per_principal, "principal", subject)
+        if retry_after is not None:
+            metrics.RATE_LIMITED.labels("principal").inc()
+            raise TooManyRequests(
+                "This caller has made too many requests; retry later.", retry_after
+            )
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    async def _hit(self, items: list[RateLimitItem], *identifiers: str) -> int | None:
+        if not items or time.monotonic() < self._storage_down_until:
+            return None
+        try:
+            for item in items:
+                if not await self._limiter.hit(item, *identifiers):
+                    stats = await self._limiter.get_window_stats(item, *identifiers)
+                    return max(1, math.ceil(stats.reset_time - time.time()))
+        except (StorageError, OSError) as error:
+            self._storage_failed(error)
+            return None
+        if self._storage_down_until:
+            self._storage_down_until = 0.0
+            log.info("rate-limit storage reachable again", extra={"event": "rate_limit_storage_up"})
+        return None
+
+    def _storage_failed(self, error: Exception) -> None:
+        metrics.RATE_LIMIT_STORAGE_ERRORS.inc()
+        if not self._storage_down_until:
+            cause = error.__cause__ if isinstance(error, StorageError) else error
+            log.warning(
+                "rate-limit storage unreachable (%s); requests pass unlimited until it is back",
+                type(cause or error).__name__,
+                extra={"event": "rate_limit_storage_down"},
+            )
+        self._storage_down_until = time.monotonic() + STORAGE_RETRY_SECONDS
+
+
+class AddressRateLimit:
+    """ASGI middleware: 429 for a client address over its budget, before the body or token is read.
+
+    The address is the peer uvicorn reports; behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides
+    whether X-Forwarded-For is believed.
+    """
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in EXEMPT_PATHS
+            or not self.limiter.limits_addresses
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        retry_after = await self.limiter.retry_after_for_address(client[0] if client else "unknown")
+        if retry_after is None:
+            await self.app(scope, receive, send)
+            return
+        metrics.RATE_LIMITED.labels("address").inc()
+        response = problem_response(
+            TooManyRequests.status,
+            TooManyRequests.slug,
+            TooManyRequests.title,
+            "This client address has made too many requests; retry later.",
+            {"Retry-After": str(retry_after)},
+        )
+        await response(scope, receive, send)

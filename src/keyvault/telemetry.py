@@ -1,0 +1,87 @@
+"""One JSON log line and the HTTP metrics for every request, whichever layer answered it.
+
+Requests are named by their route template (`/users/{sub}/api-key`), never by their path. The
+actor is the verified token's `sub`, which `auth.authenticate` leaves on the request state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyvault import metrics
+
+access_log = logging.getLogger("keyvault.access")
+
+UNMATCHED_ROUTE: Final = "<unmatched>"
+# Anything else is one label value, so a client inventing methods cannot inflate the metrics.
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes come every few seconds; their successes are logged at DEBUG only.
+QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class RequestTelemetry:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            _record(scope, status, time.perf_counter() - started)
+
+
+def _record(scope: Scope, status: int, seconds: float) -> None:
+    route = route_template(scope)
+    method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+    metrics.REQUESTS.labels(route, method, str(status)).inc()
+    metrics.REQUEST_DURATION.labels(route, method).observe(seconds)
+
+    line: dict[str, Any] = {
+        "event": "request",
+        "route": route,
+        "method": method,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+    }
+    state = scope.get("state", {})
+    for name in ("request_id", "actor"):
+        if state.get(name) is not None:
+            line[name] = state[name]
+    client = scope.get("client")
+    if client:
+        line["client"] = client[0]
+    access_log.log(_level(route, status), "%s %s %d", method, route, status, extra=line)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that handled the request, as the router left it in the scope.
+
+    A request answered before routing (413 for a declared length, 429 for its address) or matching
+    no route is `<unmatched>`: its path must not become a label.
+    """
+    template = getattr(scope.get("route"), "path_format", None)
+    return template if isinstance(template, str) else UNMATCHED_ROUTE
+
+
+def _level(route: str, status: int) -> int:
+    if status >= 500:
+        return logging.ERROR if status == 500 else logging.WARNING
+    if route in QUIET_ROUTES and status < 400:
+        return logging.DEBUG
+    return logging.INFO
