@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from keyvault import api
+from keyvault import api, rotation
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
                 app.state.sessions,
                 settings.master_key(),
                 iterations_for_new=settings.kdf_iterations,
+                previous=settings.previous_master_keys(),
             )
+            await rotation.log_unconfigured_key_ids(app.state.sessions, app.state.keyring)
             yield
         finally:
             if jwks is not None:

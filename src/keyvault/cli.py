@@ -7,17 +7,20 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from keyvault import rotation
 from keyvault.auth import mint_token
 from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
+from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
 from keyvault.master_keys import MasterKeyMismatchError, unlock
 from keyvault.migrations import is_at_head, upgrade_to_head
@@ -34,6 +37,8 @@ R = TypeVar("R")
 
 MASTER_KEY_BYTES = 32
 JWT_SECRET_BYTES = 48
+
+Sessions = async_sessionmaker[AsyncSession]
 
 
 def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
@@ -152,7 +157,10 @@ async def _check_existing_master_key(settings: Settings, master_key: str) -> Non
     try:
         if await _has_deployment(engine):
             await unlock(
-                create_sessionmaker(engine), master_key, iterations_for_new=settings.kdf_iterations
+                create_sessionmaker(engine),
+                master_key,
+                iterations_for_new=settings.kdf_iterations,
+                previous=settings.previous_master_keys(),
             )
     finally:
         await engine.dispose()
@@ -171,7 +179,10 @@ async def _unlock(settings: Settings, master_key: str, *, require_head: bool) ->
         if require_head and not await is_at_head(engine, settings.database_url):
             raise SchemaNotReadyError()
         await unlock(
-            create_sessionmaker(engine), master_key, iterations_for_new=settings.kdf_iterations
+            create_sessionmaker(engine),
+            master_key,
+            iterations_for_new=settings.kdf_iterations,
+            previous=settings.previous_master_keys(),
         )
     finally:
         await engine.dispose()
@@ -179,3 +190,106 @@ async def _unlock(settings: Settings, master_key: str, *, require_head: bool) ->
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+# --- Master-key lifecycle: rotate, keys status (logic in keyvault.rotation) -------------------
+
+keys_app = typer.Typer(help="Which master keys the stored records need.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@asynccontextmanager
+async def _unlocked(settings: Settings) -> AsyncIterator[tuple[Sessions, Keyring]]:
+    """Sessions and the full keyring (current and previous keys) over a migrated database."""
+    engine = create_engine(settings.database_url)
+    try:
+        if not await is_at_head(engine, settings.database_url):
+            raise SchemaNotReadyError()
+        sessions = create_sessionmaker(engine)
+        keyring = await unlock(
+            sessions,
+            settings.master_key(),
+            iterations_for_new=settings.kdf_iterations,
+            previous=settings.previous_master_keys(),
+        )
+        yield sessions, keyring
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (stdout keeps only the summary), advanced by the returned callable."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
+
+
+@app.command()
+@one_line_failures
+def rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Records per transaction.")
+    ] = rotation.DEFAULT_BATCH_SIZE,
+    dry_run: Annotated[
+        bool, typer.Option(help="Open every record and count; write nothing.")
+    ] = False,
+) -> None:
+    """Rewrap every record still sealed under a previous master key with the current one.
+
+    Safe while the service runs, safe to run several at once, safe to kill and run again.
+    """
+    settings = load_settings()
+
+    async def run() -> tuple[rotation.RewrapReport, Keyring]:
+        async with _unlocked(settings) as (sessions, keyring):
+            total = await rotation.count_to_rewrap(sessions, keyring)
+            with _progress("rewrapping", total) as advance:
+                report = await rotation.rewrap(
+                    sessions, keyring, batch_size=batch_size, dry_run=dry_run, on_batch=advance
+                )
+            return report, keyring
+
+    report, keyring = asyncio.run(run())
+    for sub in report.corrupt:
+        typer.echo(
+            f"keyvault: the record of sub {sub!r} fails its integrity check; left as it is",
+            err=True,
+        )
+    for key_id, count in sorted(report.unconfigured.items()):
+        typer.echo(
+            f"keyvault: {count} records are sealed under key id {key_id}, which is not configured; "
+            "left as they are",
+            err=True,
+        )
+    typer.echo(rotation.summary(report, keyring, dry_run=dry_run))
+    if report.corrupt or report.unconfigured:
+        raise typer.Exit(code=1)
+
+
+@keys_app.command("status")
+@one_line_failures
+def keys_status() -> None:
+    """Records per key id and format version, and which configured keys are no longer needed."""
+    settings = load_settings()
+
+    async def run() -> rotation.KeysReport:
+        async with _unlocked(settings) as (sessions, keyring):
+            return await rotation.keys_report(sessions, keyring)
+
+    report = asyncio.run(run())
+    roles = {report.current_key_id: "current"}
+    roles.update({k: f"previous #{n}" for n, k in enumerate(report.previous_key_ids, start=1)})
+    typer.echo(f"{'key id':<18}{'format':<8}{'records':>10}  configured as")
+    for entry in report.usage:
+        role = roles.get(entry.key_id, "NOT CONFIGURED: these records cannot be read")
+        typer.echo(f"{entry.key_id:<18}v{entry.format_version:<7}{entry.records:>10}  {role}")
+    if not report.usage:
+        typer.echo("(no records)")
+    for position, key_id in report.unneeded_previous:
+        typer.echo(f"previous key #{position} (id {key_id}) is no longer needed and may be removed")
+    if report.unconfigured:
+        raise typer.Exit(code=1)

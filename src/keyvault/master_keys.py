@@ -14,28 +14,62 @@ from keyvault.db import session_scope
 
 
 class MasterKeyMismatchError(Exception):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        message: str = "the master key does not match the one this database was created with; "
+        "nothing was written",
+    ) -> None:
+        super().__init__(message)
+
+
+class UnknownPreviousKeyError(MasterKeyMismatchError):
+    """A retired key this deployment never used: most likely a typo that would hide real records."""
+
+    def __init__(self, position: int) -> None:
         super().__init__(
-            "the master key does not match the one this database was created with; nothing was written"
+            f"previous master key #{position} was never a master key of this database; "
+            "nothing was written"
         )
 
 
 async def unlock(
-    sessions: async_sessionmaker[AsyncSession], master_key: str, *, iterations_for_new: int
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    *,
+    iterations_for_new: int,
+    previous: tuple[str, ...] = (),
 ) -> Keyring:
     """The keyring for this deployment, creating its salt and verifier on first use.
 
-    Two processes starting on an empty database race to create the deployment row; the loser's
-    insert fails on the primary key and it simply reads what the winner wrote.
+    A current key without a verifier is accepted only as a deliberate rotation: when one of the
+    `previous` keys has a verifier. Its own verifier is then recorded, so later starts accept it
+    alone. Every previous key must have a verifier too.
+
+    Two processes starting on an empty database (or rotating at once) race to insert the same row;
+    the loser's insert fails on the primary key and it simply reads what the winner wrote.
     """
     try:
-        return await _unlock_once(sessions, master_key, iterations_for_new)
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
     except IntegrityError:
-        return await _unlock_once(sessions, master_key, iterations_for_new)
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
+
+
+async def derive_all(
+    master_keys: tuple[str, ...], salt: bytes, iterations: int
+) -> tuple[RootKey, ...]:
+    """PBKDF2 releases the GIL: threads derive the keys side by side and keep the loop responsive."""
+    return tuple(
+        await asyncio.gather(
+            *(asyncio.to_thread(RootKey.derive, key, salt, iterations) for key in master_keys)
+        )
+    )
 
 
 async def _unlock_once(
-    sessions: async_sessionmaker[AsyncSession], master_key: str, iterations_for_new: int
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    iterations_for_new: int,
+    previous: tuple[str, ...],
 ) -> Keyring:
     async with session_scope(sessions) as session:
         now = datetime.now(UTC)
@@ -45,11 +79,13 @@ async def _unlock_once(
             await repository.create_deployment(session, salt, iterations, now)
         else:
             salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
-        # PBKDF2 releases the GIL; a thread keeps the event loop responsive while it runs.
-        root = await asyncio.to_thread(RootKey.derive, master_key, salt, iterations)
+        root, *retired = await derive_all((master_key, *previous), salt, iterations)
         verifiers = await repository.list_verifiers(session)
-        if not verifiers:
+        for position, old in enumerate(retired, start=1):
+            if not old.matches(verifiers.get(old.key_id, b"")):
+                raise UnknownPreviousKeyError(position)
+        if not verifiers or (root.key_id not in verifiers and retired):
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
         elif not root.matches(verifiers.get(root.key_id, b"")):
             raise MasterKeyMismatchError()
-        return Keyring(root)
+        return Keyring(root, tuple(retired))
