@@ -72,7 +72,10 @@ async def test_records_sealed_under_a_previous_key_still_open(empty_database_url
 
 async def test_two_processes_rotating_at_once_both_unlock(empty_database_url: str) -> None:
     await create_deployment(empty_database_url, OLD_KEY)
-    async with open_sessions(empty_database_url) as first, open_sessions(empty_database_url) as second:
+    async with (
+        open_sessions(empty_database_url) as first,
+        open_sessions(empty_database_url) as second,
+    ):
         keyrings = await asyncio.gather(
             unlock(first, NEW_KEY, iterations_for_new=CHEAP_ITERATIONS, previous=(OLD_KEY,)),
             unlock(second, NEW_KEY, iterations_for_new=CHEAP_ITERATIONS, previous=(OLD_KEY,)),
