@@ -17,13 +17,14 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from keyvault import rotation
+from keyvault import rotation, seed_import
 from keyvault.auth import mint_token
 from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
 from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
 from keyvault.master_keys import MasterKeyMismatchError, unlock
 from keyvault.migrations import is_at_head, upgrade_to_head
+from keyvault.seed_crypto import SEED_ITERATIONS
 
 app = typer.Typer(
     help="keyvault: users' third-party API keys, encrypted at rest, served over authenticated HTTP.",
@@ -48,7 +49,12 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (ConfigurationError, MasterKeyMismatchError, SchemaNotReadyError) as error:
+        except (
+            ConfigurationError,
+            MasterKeyMismatchError,
+            SchemaNotReadyError,
+            seed_import.SeedImportError,
+        ) as error:
             _fail(str(error))
         except SQLAlchemyError as error:
             _fail(
@@ -223,7 +229,9 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(console=Console(stderr=True), transient=True) as progress:
+    console = Console(stderr=True)
+    # Only on a terminal: in a log or a pipe, the summary line is the record.
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.advance(task, done)
 
@@ -293,3 +301,87 @@ def keys_status() -> None:
         typer.echo(f"previous key #{position} (id {key_id}) is no longer needed and may be removed")
     if report.unconfigured:
         raise typer.Exit(code=1)
+
+
+# --- Import from the seed application (logic in keyvault.seed_import) -------------------------
+
+
+@app.command("import-seed")
+@one_line_failures
+def import_seed(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from", help="The seed application's database URL (postgresql://… or sqlite:///…)."
+        ),
+    ],
+    master_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the seed's master key.")
+    ] = None,
+    master_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the seed's master key.")
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(min=1, help="The seed's PBKDF2 iterations.")
+    ] = SEED_ITERATIONS,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace vault values even when they are newer than the seed's.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Decrypt and count; write nothing.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes deriving the seed's keys.")
+    ] = os.cpu_count() or 1,
+) -> None:
+    """Import the seed application's users' keys, re-sealed under the current master key.
+
+    The seed's master key is read from an environment variable or a file, never the command line.
+    """
+    seed_master_key = _seed_master_key(master_key_env, master_key_file)
+    settings = load_settings()
+
+    async def run() -> seed_import.ImportReport:
+        engine = seed_import.seed_engine(source)
+        try:
+            async with _unlocked(settings) as (sessions, keyring):
+                total = await seed_import.count_seed_rows(engine)
+                with _progress("importing", total) as advance:
+                    return await seed_import.import_seed(
+                        engine,
+                        sessions,
+                        keyring,
+                        seed_master_key,
+                        iterations=iterations,
+                        overwrite=overwrite,
+                        dry_run=dry_run,
+                        workers=workers,
+                        on_rows=advance,
+                    )
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    for sub, reason in report.failures:
+        typer.echo(f"keyvault: {sub!r} failed: {reason}", err=True)
+    typer.echo(report.summary(dry_run=dry_run))
+    if report.failures:
+        raise typer.Exit(code=1)
+
+
+def _seed_master_key(env_name: str | None, path: Path | None) -> str:
+    if (env_name is None) == (path is None):
+        raise ConfigurationError("give exactly one of --master-key-env and --master-key-file")
+    if env_name is not None:
+        key = os.environ.get(env_name, "")
+        if not key:
+            raise ConfigurationError(f"environment variable {env_name} is not set or empty")
+        return key
+    assert path is not None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigurationError(
+            f"--master-key-file {path} cannot be read: {error.strerror}"
+        ) from None
+    if not key:
+        raise ConfigurationError(f"--master-key-file {path} is empty")
+    return key

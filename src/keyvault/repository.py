@@ -371,3 +371,41 @@ async def insert_records(
             for r in records
         ],
     )
+
+
+# --- Import from the seed application ---------------------------------------------------------
+
+
+async def get_records(session: AsyncSession, subs: Sequence[str]) -> dict[str, StoredRecord]:
+    statement = select(ApiKeyRecord.sub, *_RECORD_COLUMNS).where(ApiKeyRecord.sub.in_(subs))
+    records = {}
+    for row in (await session.execute(statement)).all():
+        sealed = SealedRecord(row.format_version, row.key_id, row.salt, row.nonce, row.ciphertext)
+        state = RecordState(row.last4, row.version, row.created_at, row.updated_at)
+        records[row.sub] = StoredRecord(sealed, state)
+    return records
+
+
+async def insert_imported_record(
+    session: AsyncSession,
+    sub: str,
+    sealed: SealedRecord,
+    last4: str,
+    created_at: datetime,
+    updated_at: datetime,
+) -> RecordState | None:
+    """Insert with the seed's own timestamps; None when a record appeared meanwhile (it is kept)."""
+    insert = _dialect_insert(session)
+    statement = (
+        insert(ApiKeyRecord)
+        .values(
+            sub=sub,
+            version=1,
+            created_at=created_at,
+            **_sealed_values(sealed, last4, updated_at),
+        )
+        .on_conflict_do_nothing(index_elements=[ApiKeyRecord.sub])
+        .returning(*_STATE_COLUMNS)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    return None if row is None else RecordState(*row)
