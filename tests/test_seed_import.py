@@ -11,7 +11,14 @@ from keyvault import repository, service
 from keyvault.crypto import Keyring
 from keyvault.db import session_scope
 from keyvault.seed_crypto import SEED_ITERATIONS, WRONG_KEY_REASON
-from keyvault.seed_import import ImportReport, SeedImportError, import_seed, seed_engine
+from keyvault.seed_import import (
+    ImportReport,
+    SeedImportError,
+    _store_one,
+    import_seed,
+    read_seed_rows,
+    seed_engine,
+)
 from tests.deployments import (
     NEW_KEY,
     create_deployment,
@@ -253,3 +260,44 @@ async def test_imported_record_keeps_the_seed_timestamps(
         state = await repository.get_state(session, "alice")
     assert state is not None
     assert (state.updated_at, state.version) == (when, 1)
+
+
+@pytest.mark.parametrize(
+    "seed_users",
+    [[SeedUser("alice", "sk-alice-0123456789", updated_at=datetime.now(UTC) + timedelta(days=1))]],
+)
+async def test_put_landing_during_the_import_wins(
+    seed_url: str, vault: tuple[str, Keyring]
+) -> None:
+    database_url, keyring = vault
+    await _put(vault, "alice", "sk-alice-older-in-vault")
+    engine = seed_engine(seed_url)
+    try:
+        (row,) = await read_seed_rows(engine, None, 10)
+    finally:
+        await engine.dispose()
+    report = ImportReport()
+    async with open_sessions(database_url) as sessions:
+        async with session_scope(sessions) as session:
+            read_by_import = await repository.get_records(session, ["alice"])
+        await _put(vault, "alice", "sk-alice-put-meanwhile")
+        async with session_scope(sessions) as session:
+            await _store_one(
+                session,
+                keyring,
+                row,
+                "sk-alice-0123456789",
+                read_by_import["alice"],
+                report,
+                overwrite=False,
+                dry_run=False,
+            )
+    assert (report.imported, report.kept) == (0, 1)
+    assert await open_all(database_url, keyring) == {"alice": "sk-alice-put-meanwhile"}
+
+
+@pytest.mark.parametrize("url", ["not a url", "mysql://root@localhost/seed"])
+def test_unsupported_seed_url_is_one_clear_error_without_the_url(url: str) -> None:
+    with pytest.raises(SeedImportError, match="--from") as caught:
+        seed_engine(url)
+    assert url not in str(caught.value)

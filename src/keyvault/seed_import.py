@@ -21,7 +21,7 @@ from typing import Final
 
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -99,12 +99,17 @@ class ImportReport:
 
 
 def seed_engine(database_url: str) -> AsyncEngine:
-    """An engine on the seed's database; plain `postgresql://` and `sqlite://` URLs get async drivers."""
-    url = make_url(database_url)
-    drivers = {"postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg"}
-    drivers["sqlite"] = "sqlite+aiosqlite"
-    if url.drivername in drivers:
-        url = url.set(drivername=drivers[url.drivername])
+    """An engine on the seed's database, through the async drivers whatever driver the URL names."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        raise SeedImportError("--from is not a database URL") from None
+    if url.drivername == "postgres":
+        url = url.set(drivername="postgresql")
+    drivers = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+    if url.get_backend_name() not in drivers:
+        raise SeedImportError("--from must be a postgresql:// or sqlite:/// URL")
+    url = url.set(drivername=drivers[url.get_backend_name()])
     return create_async_engine(url, hide_parameters=True)
 
 
