@@ -101,6 +101,32 @@ async def test_rotate_killed_mid_run_finishes_when_run_again(
     assert await open_all(empty_database_url, new_only) == {sub: api_key_of(sub) for sub in subs}
 
 
+async def test_two_rotate_processes_at_once_rewrap_every_record_once(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    subs = [f"user-{n:05d}" for n in range(KILL_TEST_RECORDS)]
+    await _prepare(empty_database_url, subs)
+    command = [sys.executable, "-m", "keyvault", "rotate", "--batch-size", str(KILL_TEST_BATCH)]
+    processes = [
+        subprocess.Popen(
+            command,
+            env=_environment(empty_database_url),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=DEADLINE_SECONDS) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    rewrapped = [int(stdout.split()[1]) for stdout, _ in outputs]
+    assert sum(rewrapped) == KILL_TEST_RECORDS
+    new_only = await keyring_for(empty_database_url, NEW_KEY)
+    assert await open_all(empty_database_url, new_only) == {sub: api_key_of(sub) for sub in subs}
+
+
 async def test_rotate_ends_with_one_summary_line(empty_database_url: str, tmp_path: Path) -> None:
     await _prepare(empty_database_url, ["alice", "bob"])
     result = _keyvault(empty_database_url, tmp_path, "rotate")
