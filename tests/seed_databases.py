@@ -1,20 +1,20 @@
 """Seed-format databases built the way the seed application builds them (see the seed design).
 
-The Fernet key derivation is written out here with cryptography's own PBKDF2HMAC, independently of
-`keyvault.seed_crypto`, so a mistake there cannot hide behind the same mistake here.
+The Fernet key derivation is written out here with hashlib's PBKDF2, independently of
+`keyvault.seed_crypto` (which uses cryptography's), so a mistake there cannot hide behind the same
+mistake here.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from sqlalchemy import text
 
 from keyvault.seed_import import seed_engine
@@ -48,8 +48,8 @@ class SeedUser:
 
 
 def seed_token(master_key: str, salt: bytes, api_key: str, iterations: int) -> str:
-    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations)
-    key = base64.urlsafe_b64encode(kdf.derive(master_key.encode("utf-8")))
+    material = hashlib.pbkdf2_hmac("sha256", master_key.encode("utf-8"), salt, iterations, 32)
+    key = base64.urlsafe_b64encode(material)
     return Fernet(key).encrypt(api_key.encode("utf-8")).decode("ascii")
 
 
