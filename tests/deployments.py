@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault import repository
-from keyvault.crypto import Keyring, SealedRecord, new_deployment_salt
+from keyvault.crypto import Keyring, RootKey, SealedRecord, new_deployment_salt
 from keyvault.db import create_engine, create_sessionmaker, session_scope
 from keyvault.master_keys import unlock
 from keyvault.migrations import upgrade_to_head
@@ -86,3 +86,11 @@ async def stored_rows(database_url: str) -> dict[str, ApiKeyRecord]:
 
 def sealed_of(row: ApiKeyRecord) -> SealedRecord:
     return SealedRecord(row.format_version, row.key_id, row.salt, row.nonce, row.ciphertext)
+
+
+async def key_id_of(database_url: str, master_key: str) -> str:
+    """A master key's id in this deployment, derived directly: no verifier check, nothing written."""
+    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
+        deployment = await repository.get_deployment(session)
+    assert deployment is not None
+    return RootKey.derive(master_key, deployment.kdf_salt, deployment.kdf_iterations).key_id

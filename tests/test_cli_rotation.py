@@ -19,6 +19,7 @@ from tests.deployments import (
     OLD_KEY,
     api_key_of,
     create_deployment,
+    key_id_of,
     keyring_for,
     open_all,
     open_sessions,
@@ -141,7 +142,7 @@ async def test_rotate_dry_run_says_the_previous_key_is_still_needed(
     empty_database_url: str, tmp_path: Path
 ) -> None:
     await _prepare(empty_database_url, ["alice", "bob"])
-    old_id = (await keyring_for(empty_database_url, OLD_KEY)).current.key_id
+    old_id = await key_id_of(empty_database_url, OLD_KEY)
     result = _keyvault(empty_database_url, tmp_path, "rotate", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
@@ -167,7 +168,7 @@ async def test_keys_status_lists_records_per_key_and_unneeded_keys(
     empty_database_url: str, tmp_path: Path
 ) -> None:
     new_id = await _prepare(empty_database_url, ["alice", "bob", "carol"])
-    old_id = (await keyring_for(empty_database_url, OLD_KEY)).current.key_id
+    old_id = await key_id_of(empty_database_url, OLD_KEY)
 
     before = _keyvault(empty_database_url, tmp_path, "keys", "status")
     _keyvault(empty_database_url, tmp_path, "rotate")
@@ -184,7 +185,7 @@ async def test_keys_status_flags_records_under_an_unconfigured_key(
     empty_database_url: str, tmp_path: Path
 ) -> None:
     await _prepare(empty_database_url, ["alice"])
-    old_id = (await keyring_for(empty_database_url, OLD_KEY)).current.key_id
+    old_id = await key_id_of(empty_database_url, OLD_KEY)
     result = _keyvault(empty_database_url, tmp_path, "keys", "status", previous=None)
     assert result.returncode == 1
     assert f"{old_id}  v2               1  NOT CONFIGURED" in result.stdout

@@ -81,3 +81,22 @@ async def test_two_processes_rotating_at_once_both_unlock(empty_database_url: st
             unlock(second, NEW_KEY, iterations_for_new=CHEAP_ITERATIONS, previous=(OLD_KEY,)),
         )
     assert keyrings[0].current.key_id == keyrings[1].current.key_id
+
+
+async def test_retired_key_alone_is_refused_after_a_rotation(empty_database_url: str) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+    with pytest.raises(MasterKeyMismatchError, match="retired by a rotation") as caught:
+        await keyring_for(empty_database_url, OLD_KEY)
+    assert OLD_KEY not in str(caught.value)
+
+
+async def test_returning_to_a_retired_key_needs_the_newer_one_as_previous(
+    empty_database_url: str,
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+    back = await keyring_for(empty_database_url, OLD_KEY, NEW_KEY)
+    assert (await keyring_for(empty_database_url, OLD_KEY)).current.key_id == back.current.key_id
+    with pytest.raises(MasterKeyMismatchError, match="retired"):
+        await keyring_for(empty_database_url, NEW_KEY)

@@ -20,6 +20,7 @@ from tests.deployments import (
     OTHER_KEY,
     api_key_of,
     create_deployment,
+    key_id_of,
     keyring_for,
     open_all,
     open_sessions,
@@ -184,7 +185,7 @@ async def test_records_under_an_unconfigured_key_are_counted_and_left(
     await keyring_for(empty_database_url, OLD_KEY, OTHER_KEY)
     await store_records(empty_database_url, await keyring_for(empty_database_url, OLD_KEY), SUBS)
     keyring = await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
-    other_id = (await keyring_for(empty_database_url, OTHER_KEY)).current.key_id
+    other_id = await key_id_of(empty_database_url, OTHER_KEY)
 
     report = await _rewrap(empty_database_url, keyring)
 

@@ -41,9 +41,10 @@ async def unlock(
 ) -> Keyring:
     """The keyring for this deployment, creating its salt and verifier on first use.
 
-    A current key without a verifier is accepted only as a deliberate rotation: when one of the
-    `previous` keys has a verifier. Its own verifier is then recorded, so later starts accept it
-    alone. Every previous key must have a verifier too.
+    One key is active: the one whose verifier is not retired. Any other current key is accepted
+    only as a deliberate rotation, i.e. with at least one `previous` key configured; every previous
+    key must match a verifier. The new key then becomes the active one (its verifier recorded, the
+    others retired), so later starts accept it alone and refuse the retired key alone.
 
     Two processes starting on an empty database (or rotating at once) race to insert the same row;
     the loser's insert fails on the primary key and it simply reads what the winner wrote.
@@ -79,13 +80,27 @@ async def _unlock_once(
             await repository.create_deployment(session, salt, iterations, now)
         else:
             salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
-        root, *retired = await derive_all((master_key, *previous), salt, iterations)
+        root, *olds = await derive_all((master_key, *previous), salt, iterations)
         verifiers = await repository.list_verifiers(session)
-        for position, old in enumerate(retired, start=1):
+        for position, old in enumerate(olds, start=1):
             if not old.matches(verifiers.get(old.key_id, b"")):
                 raise UnknownPreviousKeyError(position)
-        if not verifiers or (root.key_id not in verifiers and retired):
+        if not verifiers:
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
-        elif not root.matches(verifiers.get(root.key_id, b"")):
+            return Keyring(root)
+        if root.key_id in verifiers and not root.matches(verifiers[root.key_id]):
             raise MasterKeyMismatchError()
-        return Keyring(root, tuple(retired))
+        known = root.key_id in verifiers
+        retired = known and root.key_id in await repository.retired_key_ids(session)
+        if known and not retired:
+            return Keyring(root, tuple(olds))
+        if olds:
+            # A deliberate rotation (or a return to a retired key): a previous key proves it.
+            await repository.activate_verifier(session, root.key_id, root.verifier(), now)
+            return Keyring(root, tuple(olds))
+        if retired:
+            raise MasterKeyMismatchError(
+                "the master key was retired by a rotation; to return to it, configure the key "
+                "that replaced it in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+            )
+        raise MasterKeyMismatchError()

@@ -73,6 +73,29 @@ async def add_verifier(session: AsyncSession, key_id: str, verifier: bytes, now:
     await session.flush()
 
 
+async def retired_key_ids(session: AsyncSession) -> set[str]:
+    statement = select(MasterKeyVerifier.key_id).where(MasterKeyVerifier.retired_at.is_not(None))
+    return set((await session.execute(statement)).scalars())
+
+
+async def activate_verifier(
+    session: AsyncSession, key_id: str, verifier: bytes, now: datetime
+) -> None:
+    """Make `key_id` the one active key: record (or revive) its verifier, retire every other."""
+    insert = _dialect_insert(session)
+    await session.execute(
+        insert(MasterKeyVerifier)
+        .values(key_id=key_id, verifier=verifier, created_at=now, retired_at=None)
+        .on_conflict_do_update(index_elements=[MasterKeyVerifier.key_id], set_={"retired_at": None})
+    )
+    await session.execute(
+        update(MasterKeyVerifier)
+        .where(MasterKeyVerifier.key_id != key_id, MasterKeyVerifier.retired_at.is_(None))
+        .values(retired_at=now),
+        execution_options=_NO_SYNC,
+    )
+
+
 async def get_record(session: AsyncSession, sub: str) -> StoredRecord | None:
     result = await session.execute(select(*_RECORD_COLUMNS).where(ApiKeyRecord.sub == sub))
     row = result.one_or_none()
