@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from keyvault import api, metrics
+from keyvault import api, metrics, rotation
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
                     app.state.sessions,
                     settings.master_key(),
                     iterations_for_new=settings.kdf_iterations,
+                    previous=settings.previous_master_keys(),
                 )
                 log.info(
                     "master key verified",
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
                     "metrics_token": settings.metrics_token is not None,
                 },
             )
+            await rotation.log_unconfigured_key_ids(app.state.sessions, app.state.keyring)
             yield
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})

@@ -11,8 +11,8 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
@@ -20,15 +20,18 @@ from typing import Annotated, NoReturn, ParamSpec, TypeVar
 import typer
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from keyvault import rotation, seed_import
 from keyvault.auth import mint_token
 from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
+from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
 from keyvault.logs import logging_config
 from keyvault.master_keys import MasterKeyMismatchError, unlock
 from keyvault.metrics import MULTIPROCESS_DIR_VARIABLE
 from keyvault.migrations import is_at_head, upgrade_to_head
+from keyvault.seed_crypto import SEED_ITERATIONS
 
 app = typer.Typer(
     help="keyvault: users' third-party API keys, encrypted at rest, served over authenticated HTTP.",
@@ -45,6 +48,8 @@ JWT_SECRET_BYTES = 48
 # Under Docker's default 10 s stop timeout, yet ample for requests that take milliseconds.
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 8
 
+Sessions = async_sessionmaker[AsyncSession]
+
 
 def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
     """Known failures print one line to stderr and exit 1; their messages hold no secrets."""
@@ -53,7 +58,12 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (ConfigurationError, MasterKeyMismatchError, SchemaNotReadyError) as error:
+        except (
+            ConfigurationError,
+            MasterKeyMismatchError,
+            SchemaNotReadyError,
+            seed_import.SeedImportError,
+        ) as error:
             _fail(str(error))
         except SQLAlchemyError as error:
             _fail(
@@ -191,7 +201,10 @@ async def _check_existing_master_key(settings: Settings, master_key: str) -> Non
     try:
         if await _has_deployment(engine):
             await unlock(
-                create_sessionmaker(engine), master_key, iterations_for_new=settings.kdf_iterations
+                create_sessionmaker(engine),
+                master_key,
+                iterations_for_new=settings.kdf_iterations,
+                previous=settings.previous_master_keys(),
             )
     finally:
         await engine.dispose()
@@ -210,7 +223,10 @@ async def _unlock(settings: Settings, master_key: str, *, require_head: bool) ->
         if require_head and not await is_at_head(engine, settings.database_url):
             raise SchemaNotReadyError()
         await unlock(
-            create_sessionmaker(engine), master_key, iterations_for_new=settings.kdf_iterations
+            create_sessionmaker(engine),
+            master_key,
+            iterations_for_new=settings.kdf_iterations,
+            previous=settings.previous_master_keys(),
         )
     finally:
         await engine.dispose()
@@ -251,3 +267,192 @@ def multiprocess_metrics(workers: int) -> Iterator[None]:
     finally:
         if not given:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- Master-key lifecycle: rotate, keys status (logic in keyvault.rotation) -------------------
+
+keys_app = typer.Typer(help="Which master keys the stored records need.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@asynccontextmanager
+async def _unlocked(settings: Settings) -> AsyncIterator[tuple[Sessions, Keyring]]:
+    """Sessions and the full keyring (current and previous keys) over a migrated database."""
+    engine = create_engine(settings.database_url)
+    try:
+        if not await is_at_head(engine, settings.database_url):
+            raise SchemaNotReadyError()
+        sessions = create_sessionmaker(engine)
+        keyring = await unlock(
+            sessions,
+            settings.master_key(),
+            iterations_for_new=settings.kdf_iterations,
+            previous=settings.previous_master_keys(),
+        )
+        yield sessions, keyring
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (stdout keeps only the summary), advanced by the returned callable."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    # Only on a terminal: in a log or a pipe, the summary line is the record.
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
+
+
+@app.command()
+@one_line_failures
+def rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Records per transaction.")
+    ] = rotation.DEFAULT_BATCH_SIZE,
+    dry_run: Annotated[
+        bool, typer.Option(help="Open every record and count; write nothing.")
+    ] = False,
+) -> None:
+    """Rewrap every record still sealed under a previous master key with the current one.
+
+    Safe while the service runs, safe to run several at once, safe to kill and run again.
+    """
+    settings = load_settings()
+
+    async def run() -> tuple[rotation.RewrapReport, Keyring]:
+        async with _unlocked(settings) as (sessions, keyring):
+            total = await rotation.count_to_rewrap(sessions, keyring)
+            with _progress("rewrapping", total) as advance:
+                report = await rotation.rewrap(
+                    sessions, keyring, batch_size=batch_size, dry_run=dry_run, on_batch=advance
+                )
+            return report, keyring
+
+    report, keyring = asyncio.run(run())
+    for sub in report.corrupt:
+        typer.echo(
+            f"keyvault: the record of sub {sub!r} fails its integrity check; left as it is",
+            err=True,
+        )
+    for key_id, count in sorted(report.unconfigured.items()):
+        typer.echo(
+            f"keyvault: {count} records are sealed under key id {key_id}, which is not configured; "
+            "left as they are",
+            err=True,
+        )
+    typer.echo(rotation.summary(report, keyring, dry_run=dry_run))
+    if report.corrupt or report.unconfigured:
+        raise typer.Exit(code=1)
+
+
+@keys_app.command("status")
+@one_line_failures
+def keys_status() -> None:
+    """Records per key id and format version, and which configured keys are no longer needed."""
+    settings = load_settings()
+
+    async def run() -> rotation.KeysReport:
+        async with _unlocked(settings) as (sessions, keyring):
+            return await rotation.keys_report(sessions, keyring)
+
+    report = asyncio.run(run())
+    roles = {report.current_key_id: "current"}
+    roles.update({k: f"previous #{n}" for n, k in enumerate(report.previous_key_ids, start=1)})
+    typer.echo(f"{'key id':<18}{'format':<8}{'records':>10}  configured as")
+    for entry in report.usage:
+        role = roles.get(entry.key_id, "NOT CONFIGURED: these records cannot be read")
+        typer.echo(f"{entry.key_id:<18}v{entry.format_version:<7}{entry.records:>10}  {role}")
+    if not report.usage:
+        typer.echo("(no records)")
+    for position, key_id in report.unneeded_previous:
+        typer.echo(f"previous key #{position} (id {key_id}) is no longer needed and may be removed")
+    if report.unconfigured:
+        raise typer.Exit(code=1)
+
+
+# --- Import from the seed application (logic in keyvault.seed_import) -------------------------
+
+
+@app.command("import-seed")
+@one_line_failures
+def import_seed(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from", help="The seed application's database URL (postgresql://… or sqlite:///…)."
+        ),
+    ],
+    master_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the seed's master key.")
+    ] = None,
+    master_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the seed's master key.")
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(min=1, help="The seed's PBKDF2 iterations.")
+    ] = SEED_ITERATIONS,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace vault values even when they are newer than the seed's.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Decrypt and count; write nothing.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes deriving the seed's keys.")
+    ] = os.cpu_count() or 1,
+) -> None:
+    """Import the seed application's users' keys, re-sealed under the current master key.
+
+    The seed's master key is read from an environment variable or a file, never the command line.
+    """
+    seed_master_key = _seed_master_key(master_key_env, master_key_file)
+    settings = load_settings()
+
+    async def run() -> seed_import.ImportReport:
+        engine = seed_import.seed_engine(source)
+        try:
+            async with _unlocked(settings) as (sessions, keyring):
+                total = await seed_import.count_seed_rows(engine)
+                with _progress("importing", total) as advance:
+                    return await seed_import.import_seed(
+                        engine,
+                        sessions,
+                        keyring,
+                        seed_master_key,
+                        iterations=iterations,
+                        overwrite=overwrite,
+                        dry_run=dry_run,
+                        workers=workers,
+                        on_rows=advance,
+                    )
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    for sub, reason in report.failures:
+        typer.echo(f"keyvault: {sub!r} failed: {reason}", err=True)
+    typer.echo(report.summary(dry_run=dry_run))
+    if report.failures:
+        raise typer.Exit(code=1)
+
+
+def _seed_master_key(env_name: str | None, path: Path | None) -> str:
+    if (env_name is None) == (path is None):
+        raise ConfigurationError("give exactly one of --master-key-env and --master-key-file")
+    if env_name is not None:
+        key = os.environ.get(env_name, "")
+        if not key:
+            raise ConfigurationError(f"environment variable {env_name} is not set or empty")
+        return key
+    assert path is not None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigurationError(
+            f"--master-key-file {path} cannot be read: {error.strerror}"
+        ) from None
+    if not key:
+        raise ConfigurationError(f"--master-key-file {path} is empty")
+    return key

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     master_encryption_key_file: Path | None = Field(
         default=None, validation_alias=AliasChoices("MASTER_ENCRYPTION_KEY_FILE")
     )
+    # Retired master keys that may still open old records until `keyvault rotate` has rewrapped them.
+    master_encryption_key_previous: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MASTER_ENCRYPTION_KEY_PREVIOUS")
+    )
+    master_encryption_key_previous_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("MASTER_ENCRYPTION_KEY_PREVIOUS_FILE")
+    )
     database_url: str = DEFAULT_DATABASE_URL
     jwt_secret: SecretStr | None = None
     jwt_issuer: str = "keyvault"
@@ -179,6 +186,35 @@ class Settings(BaseSettings):
             )
         refuse_weak_master_key(key)
         return key
+
+    def previous_master_keys(self) -> tuple[str, ...]:
+        """Retired keys, from the comma-separated variable and then the file (one a line).
+
+        Each must pass the same strength check as the current key; a failure names the entry's
+        position, never its value. Duplicates and the current key itself are dropped.
+        """
+        entries: list[tuple[str, int, str]] = []
+        if self.master_encryption_key_previous is not None:
+            raw = self.master_encryption_key_previous.get_secret_value()
+            source = "MASTER_ENCRYPTION_KEY_PREVIOUS"
+            entries += [(source, n, part) for n, part in enumerate(raw.split(","), start=1)]
+        if self.master_encryption_key_previous_file is not None:
+            source = "MASTER_ENCRYPTION_KEY_PREVIOUS_FILE"
+            raw = _read_secret_file(self.master_encryption_key_previous_file, source)
+            entries += [(source, n, line) for n, line in enumerate(raw.splitlines(), start=1)]
+        current = self.master_key()
+        keys: list[str] = []
+        for source, position, entry in entries:
+            key = entry.strip()
+            if not key:
+                continue
+            try:
+                refuse_weak_master_key(key)
+            except ConfigurationError as error:
+                raise ConfigurationError(f"{source} entry {position}: {error}") from None
+            if key != current and key not in keys:
+                keys.append(key)
+        return tuple(keys)
 
 
 class SecretFileSettings(PydanticBaseSettingsSource):

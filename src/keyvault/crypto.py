@@ -99,6 +99,7 @@ class Keyring:
 
     def __init__(self, current: RootKey, previous: tuple[RootKey, ...] = ()) -> None:
         self.current = current
+        self.previous = previous
         self._by_id = {key.key_id: key for key in (*previous, current)}
 
     def __repr__(self) -> str:

@@ -14,28 +14,63 @@ from keyvault.db import session_scope
 
 
 class MasterKeyMismatchError(Exception):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        message: str = "the master key does not match the one this database was created with; "
+        "nothing was written",
+    ) -> None:
+        super().__init__(message)
+
+
+class UnknownPreviousKeyError(MasterKeyMismatchError):
+    """A retired key this deployment never used: most likely a typo that would hide real records."""
+
+    def __init__(self, position: int) -> None:
         super().__init__(
-            "the master key does not match the one this database was created with; nothing was written"
+            f"previous master key #{position} was never a master key of this database; "
+            "nothing was written"
         )
 
 
 async def unlock(
-    sessions: async_sessionmaker[AsyncSession], master_key: str, *, iterations_for_new: int
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    *,
+    iterations_for_new: int,
+    previous: tuple[str, ...] = (),
 ) -> Keyring:
     """The keyring for this deployment, creating its salt and verifier on first use.
 
-    Two processes starting on an empty database race to create the deployment row; the loser's
-    insert fails on the primary key and it simply reads what the winner wrote.
+    One key is active: the one whose verifier is not retired. Any other current key is accepted
+    only as a deliberate rotation, i.e. with at least one `previous` key configured; every previous
+    key must match a verifier. The new key then becomes the active one (its verifier recorded, the
+    others retired), so later starts accept it alone and refuse the retired key alone.
+
+    Two processes starting on an empty database (or rotating at once) race to insert the same row;
+    the loser's insert fails on the primary key and it simply reads what the winner wrote.
     """
     try:
-        return await _unlock_once(sessions, master_key, iterations_for_new)
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
     except IntegrityError:
-        return await _unlock_once(sessions, master_key, iterations_for_new)
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
+
+
+async def derive_all(
+    master_keys: tuple[str, ...], salt: bytes, iterations: int
+) -> tuple[RootKey, ...]:
+    """PBKDF2 releases the GIL: threads derive the keys side by side and keep the loop responsive."""
+    return tuple(
+        await asyncio.gather(
+            *(asyncio.to_thread(RootKey.derive, key, salt, iterations) for key in master_keys)
+        )
+    )
 
 
 async def _unlock_once(
-    sessions: async_sessionmaker[AsyncSession], master_key: str, iterations_for_new: int
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    iterations_for_new: int,
+    previous: tuple[str, ...],
 ) -> Keyring:
     async with session_scope(sessions) as session:
         now = datetime.now(UTC)
@@ -45,11 +80,27 @@ async def _unlock_once(
             await repository.create_deployment(session, salt, iterations, now)
         else:
             salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
-        # PBKDF2 releases the GIL; a thread keeps the event loop responsive while it runs.
-        root = await asyncio.to_thread(RootKey.derive, master_key, salt, iterations)
+        root, *olds = await derive_all((master_key, *previous), salt, iterations)
         verifiers = await repository.list_verifiers(session)
+        for position, old in enumerate(olds, start=1):
+            if not old.matches(verifiers.get(old.key_id, b"")):
+                raise UnknownPreviousKeyError(position)
         if not verifiers:
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
-        elif not root.matches(verifiers.get(root.key_id, b"")):
+            return Keyring(root)
+        if root.key_id in verifiers and not root.matches(verifiers[root.key_id]):
             raise MasterKeyMismatchError()
-        return Keyring(root)
+        known = root.key_id in verifiers
+        retired = known and root.key_id in await repository.retired_key_ids(session)
+        if known and not retired:
+            return Keyring(root, tuple(olds))
+        if olds:
+            # A deliberate rotation (or a return to a retired key): a previous key proves it.
+            await repository.activate_verifier(session, root.key_id, root.verifier(), now)
+            return Keyring(root, tuple(olds))
+        if retired:
+            raise MasterKeyMismatchError(
+                "the master key was retired by a rotation; to return to it, configure the key "
+                "that replaced it in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+            )
+        raise MasterKeyMismatchError()

@@ -59,6 +59,9 @@ class MasterKeyVerifier(Base):
     key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH), primary_key=True)
     verifier: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set when a rotation replaced this key: it may still open old records as a previous key, but
+    # starting with it alone as the current key is refused (see master_keys.unlock).
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ApiKeyRecord(Base):
