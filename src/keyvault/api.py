@@ -10,6 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault import service
+from keyvault.audit import Action
+from keyvault.audit_trail import AuditedRoute, RequestAudit, audited, get_request_audit
 from keyvault.auth import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.crypto import Keyring
 from keyvault.db import session_scope
@@ -33,6 +35,7 @@ def get_keyring(request: Request) -> Keyring:
 # scope="function": commit before the response is sent, so a failed commit is never reported as 2xx.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
+Audit = Annotated[RequestAudit, Depends(get_request_audit)]
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -44,7 +47,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "The request body is larger than 16 KiB.",
         422: "The path or body is invalid; the detail names the field, never its value.",
         500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
-        503: "The database is unreachable or the service is not ready.",
+        503: "The database is unreachable, the audit trail cannot record, or the service is not ready.",
     }
     return {
         code: {
@@ -56,7 +59,8 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-router = APIRouter()
+# Endpoints marked @audited leave one audit event per request, whatever its outcome.
+router = APIRouter(route_class=AuditedRoute)
 
 
 @router.put(
@@ -69,12 +73,14 @@ router = APIRouter()
         **_problems(401, 403, 412, 413, 422, 503),
     },
 )
+@audited(Action.put)
 async def put_api_key(
     sub: SubjectPath,
     body: ApiKeyWrite,
     caller: KeyWriter,
     session: Session,
     keyring: CurrentKeyring,
+    audit: Audit,
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -85,6 +91,7 @@ async def put_api_key(
     result = await service.put_api_key(
         session, keyring, sub, body.api_key.get_secret_value(), precondition
     )
+    await audit.succeeded_in(session, key_version=result.status.version)
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     response.headers["ETag"] = result.etag
     return result.status
@@ -96,10 +103,12 @@ async def put_api_key(
     summary="Whether a user has an API key (never reveals it)",
     responses=_problems(401, 403, 422, 503),
 )
+@audited(Action.status)
 async def read_api_key_status(
-    sub: SubjectPath, caller: StatusReader, session: Session, response: Response
+    sub: SubjectPath, caller: StatusReader, session: Session, audit: Audit, response: Response
 ) -> KeyStatus:
     key_status, etag = await service.get_status(session, sub)
+    await audit.succeeded(key_version=key_status.version)
     if etag is not None:
         response.headers["ETag"] = etag
     return key_status
@@ -111,14 +120,18 @@ async def read_api_key_status(
     summary="Read a user's decrypted API key",
     responses=_problems(401, 403, 404, 422, 500, 503),
 )
+@audited(Action.get)
 async def read_api_key(
     sub: SubjectPath,
     caller: KeyReader,
     session: Session,
     keyring: CurrentKeyring,
+    audit: Audit,
     response: Response,
 ) -> ApiKeyRead:
     body, etag = await service.get_api_key(session, keyring, sub)
+    # No key leaves before its read is on the record.
+    await audit.succeeded(key_version=body.version)
     response.headers.update(NO_STORE)
     response.headers["ETag"] = etag
     return body
@@ -130,8 +143,12 @@ async def read_api_key(
     summary="Delete a user's API key",
     responses=_problems(401, 403, 404, 422, 503),
 )
-async def delete_api_key(sub: SubjectPath, caller: KeyDeleter, session: Session) -> None:
-    await service.delete_api_key(session, sub)
+@audited(Action.delete)
+async def delete_api_key(
+    sub: SubjectPath, caller: KeyDeleter, session: Session, audit: Audit
+) -> None:
+    version = await service.delete_api_key(session, sub)
+    await audit.succeeded_in(session, key_version=version)
 
 
 @router.get("/healthz", summary="The process is up", tags=["health"])

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from keyvault import api
+from keyvault import api, audit_api
+from keyvault.audit_trail import AuditTrail
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
@@ -15,6 +16,7 @@ from keyvault.db import create_engine, create_sessionmaker
 from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
+from keyvault.stepup import StepUpPolicy
 
 DESCRIPTION = """\
 Keeps each user's third-party API key encrypted at rest (AES-256-GCM, bound to its owner) and
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
+        app.state.audit = AuditTrail(engine, lambda: app.state.keyring)
         try:
             app.state.keyring = keyring or await unlock(
                 app.state.sessions,
@@ -45,11 +48,15 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             )
             yield
         finally:
+            await app.state.audit.aclose()
             if jwks is not None:
                 await jwks.aclose()
             await engine.dispose()
 
     app = FastAPI(title="keyvault", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.step_up = StepUpPolicy.from_settings(settings)
+    # Before api.router: the access-log path must be matched by its own route, never read as a sub.
+    app.include_router(audit_api.router)
     app.include_router(api.router)
     install_error_handlers(app)
     app.add_middleware(LastResortErrors)

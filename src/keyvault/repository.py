@@ -145,12 +145,13 @@ async def replace_record_if_current(
     return None if row is None else RecordState(*row)
 
 
-async def delete_record(session: AsyncSession, sub: str) -> bool:
+async def delete_record(session: AsyncSession, sub: str) -> int | None:
+    """The deleted key's version, or None when there was none."""
     result = await session.execute(
         delete(ApiKeyRecord).where(ApiKeyRecord.sub == sub).returning(ApiKeyRecord.version),
         execution_options=_NO_SYNC,
     )
-    return result.one_or_none() is not None
+    return result.scalar_one_or_none()
 
 
 def _sealed_values(sealed: SealedRecord, last4: str, now: datetime) -> dict[str, Any]:

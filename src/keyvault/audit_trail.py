@@ -1,0 +1,277 @@
+"""Recording audit events: in the caller's transaction for mutations, by group commit for the rest.
+
+A mutation (PUT, DELETE) writes its event in the request's own transaction, so the change and its
+record commit together or not at all. Reads and refusals go through `GroupCommit`: the first event
+to arrive while no flush is running is flushed at once; events arriving while a flush is in flight
+wait for it and go out together in the next one, so a lone request pays one short transaction and
+a busy server pays one per batch. Each caller waits for the commit of its own event, and a failure
+to store it surfaces as `AuditUnavailable` (503): no key is handed out and no denial goes unrecorded.
+
+Every stored event is also logged once, after its commit, as one JSON line on "keyvault.audit".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Final, TypeVar
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from keyvault import audit_repository
+from keyvault.audit import (
+    Action,
+    AuditEvent,
+    ChainedEvent,
+    Outcome,
+    Verification,
+    audit_key,
+    outcome_for_status,
+    verify_chain,
+)
+from keyvault.audit_repository import ChainHeadMissingError, Executor
+from keyvault.crypto import Keyring, RootKey
+from keyvault.errors import AuditUnavailable, Problem
+
+log = logging.getLogger("keyvault")
+audit_log = logging.getLogger("keyvault.audit")
+
+MAX_BATCH: Final = 256
+AUDIT_ACTION_ATTRIBUTE: Final = "__keyvault_audit_action__"
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def log_event(chained: ChainedEvent) -> None:
+    # The message is the JSON itself so the line is one JSON object under any formatter; `extra`
+    # hands the same fields to a structured formatter.
+    record = chained.log_record()
+    audit_log.info(json.dumps(record, sort_keys=True), extra={"audit": record})
+
+
+class GroupCommit:
+    """Collects concurrent events and stores each batch with one `write` (one transaction)."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[AuditEvent]], Awaitable[list[ChainedEvent]]],
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, event: AuditEvent) -> ChainedEvent:
+        """Returns once the event is committed; raises AuditUnavailable when it could not be."""
+        future: asyncio.Future[ChainedEvent] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._drain())
+        return await future
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._flush(batch)
+        finally:
+            self._flusher = None
+            _fail(self._queue)  # only left over when this task was cancelled
+            self._queue = []
+
+    async def _flush(self, batch: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]]) -> None:
+        try:
+            chained = await self._write([event for event, _ in batch])
+        except BaseException as error:
+            _fail(batch)
+            if not isinstance(error, Exception):
+                raise
+            log.error("audit events could not be stored (%s)", type(error).__name__)
+            return
+        for (_, future), stored in zip(batch, chained, strict=True):
+            if not future.done():
+                future.set_result(stored)
+
+
+def _fail(batch: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]]) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(AuditUnavailable())
+
+
+class AuditTrail:
+    """The process's audit writer. New links use the keyring's current root key."""
+
+    def __init__(self, engine: AsyncEngine, keyring: Callable[[], Keyring]) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._keys: dict[str, bytes] = {}
+        self._group = GroupCommit(self._store_batch)
+        self._connection: AsyncConnection | None = None
+
+    async def record(self, event: AuditEvent) -> ChainedEvent:
+        """Store `event` by group commit and return once it is committed."""
+        return await self._group.submit(event)
+
+    async def record_in(self, session: AsyncSession, event: AuditEvent) -> None:
+        """Store `event` in `session`'s transaction; it is logged only if that transaction commits."""
+        try:
+            (chained,) = await self._append(session, [event])
+        except (SQLAlchemyError, ChainHeadMissingError) as error:
+            log.error("audit event could not be stored (%s)", type(error).__name__)
+            raise AuditUnavailable() from None
+        sqlalchemy_event.listen(
+            session.sync_session, "after_commit", lambda _session: log_event(chained), once=True
+        )
+
+    async def aclose(self) -> None:
+        await self._group.aclose()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def _store_batch(self, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
+        # A connection of its own: the reads waiting on this batch each hold a pooled connection,
+        # and a full pool must never keep the batch that would release them from running.
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        connection = self._connection
+        try:
+            async with connection.begin():
+                chained = await self._append(connection, events)
+        except BaseException:
+            self._connection = None
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            raise
+        for stored in chained:
+            log_event(stored)
+        return chained
+
+    async def _append(self, executor: Executor, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
+        root = self._keyring().current
+        return await audit_repository.append(executor, root, self._key(root), events)
+
+    def _key(self, root: RootKey) -> bytes:
+        key = self._keys.get(root.key_id)
+        if key is None:
+            key = self._keys[root.key_id] = audit_key(root)
+        return key
+
+
+async def verify_stored_chain(executor: Executor, keyring: Keyring) -> Verification:
+    """Walk the stored chain with the keyring's keys (current and retired)."""
+    head = await audit_repository.get_head(executor)
+    events = [stored async for stored in audit_repository.walk(executor)]
+    return verify_chain(events, head, keyring.root)
+
+
+class RequestAudit:
+    """The audit entry of one request to an audited route: who, what, where; then the outcome."""
+
+    def __init__(self, trail: AuditTrail, request: Request, action: Action) -> None:
+        self._trail = trail
+        self._request = request
+        self._action = action
+        self.recorded = False
+
+    async def succeeded(self, *, key_version: int | None) -> None:
+        """A read: its event is committed (group commit) before this returns."""
+        await self._trail.record(self._event(Outcome.ok, key_version))
+        self.recorded = True
+
+    async def succeeded_in(self, session: AsyncSession, *, key_version: int | None) -> None:
+        """A mutation: its event joins the change in `session`'s transaction."""
+        await self._trail.record_in(session, self._event(Outcome.ok, key_version))
+        self.recorded = True
+
+    async def failed(self, error: Exception) -> None:
+        outcome = (
+            outcome_for_status(error.status)
+            if isinstance(error, Problem)
+            else Outcome.invalid_request
+            if isinstance(error, RequestValidationError)
+            else Outcome.error
+        )
+        await self._trail.record(self._event(outcome, None))
+        self.recorded = True
+
+    def _event(self, outcome: Outcome, key_version: int | None) -> AuditEvent:
+        request = self._request
+        principal = getattr(request.state, "principal", None)
+        return AuditEvent.create(
+            action=self._action,
+            outcome=outcome,
+            target=request.path_params.get("sub"),
+            actor=getattr(principal, "sub", None),
+            client_id=getattr(principal, "client_id", None),
+            key_version=key_version,
+            request_id=getattr(request.state, "request_id", None),
+            client_address=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+        )
+
+
+def audited(action: Action) -> Callable[[Endpoint], Endpoint]:
+    """Mark an endpoint as an operation on a key: `AuditedRoute` then records every outcome."""
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, AUDIT_ACTION_ATTRIBUTE, action)
+        return endpoint
+
+    return mark
+
+
+def get_request_audit(request: Request) -> RequestAudit:
+    audit: RequestAudit = request.state.audit
+    return audit
+
+
+class AuditedRoute(APIRoute):
+    """Routes of endpoints marked `@audited`: every request leaves exactly one event.
+
+    Success is recorded by the endpoint (it knows the key version and, for a mutation, the session).
+    Everything that ends the request early — a refused token (401), a missing scope (403), a failed
+    precondition (412), a rate limit (429), a missing key (404), invalid input (422) — is raised as
+    an exception from a dependency or the service; this is the one place those are recorded, before
+    the exception becomes a response. An endpoint that returns without recording fails closed.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        action: Action | None = getattr(self.endpoint, AUDIT_ACTION_ATTRIBUTE, None)
+        if action is None:
+            return handler
+        path = self.path
+
+        async def audited_handler(request: Request) -> Response:
+            audit = RequestAudit(request.app.state.audit, request, action)
+            request.state.audit = audit
+            try:
+                response = await handler(request)
+            except AuditUnavailable:
+                raise
+            except Exception as error:
+                if not audit.recorded:
+                    await audit.failed(error)
+                raise
+            if not audit.recorded:
+                log.error("%s returned without recording its audit event", path)
+                raise AuditUnavailable()
+            return response
+
+        return audited_handler
