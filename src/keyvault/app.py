@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from keyvault import api, audit_api
-from keyvault.audit_trail import AuditTrail
+from keyvault.audit_trail import AuditTrail, install_audit_recording
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     app.include_router(audit_api.router)
     app.include_router(api.router)
     install_error_handlers(app)
+    install_audit_recording(app)
     app.add_middleware(LastResortErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import event as sqlalchemy_event
@@ -39,7 +39,7 @@ from keyvault.audit import (
 )
 from keyvault.audit_repository import ChainHeadMissingError, Executor
 from keyvault.crypto import Keyring, RootKey
-from keyvault.errors import AuditUnavailable, Problem
+from keyvault.errors import AuditUnavailable, Problem, problem_response
 
 log = logging.getLogger("keyvault")
 audit_log = logging.getLogger("keyvault.audit")
@@ -48,6 +48,7 @@ MAX_BATCH: Final = 256
 AUDIT_ACTION_ATTRIBUTE: Final = "__keyvault_audit_action__"
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+ExceptionHandler = Callable[[Request, Exception], Any]
 
 
 def log_event(chained: ChainedEvent) -> None:
@@ -236,6 +237,39 @@ def audited(action: Action) -> Callable[[Endpoint], Endpoint]:
     return mark
 
 
+def install_audit_recording(app: FastAPI) -> None:
+    """Record the refusals and failures of audited routes on their way to becoming problem+json.
+
+    A refused token (401), a missing scope (403), a failed precondition (412), a rate limit (429),
+    a missing key (404) or invalid input (422) is raised as an exception by a dependency or the
+    service. Recording it here, in the exception handlers, is the one place that sees them all, and
+    it runs after the request's session has rolled back: the event never waits on, or joins, a
+    transaction that is being abandoned (on SQLite that transaction may hold the write lock). When
+    the event cannot be stored, the answer is 503 instead.
+    """
+    for exception_class, handler in list(app.exception_handlers.items()):
+        app.exception_handlers[exception_class] = _recording(handler)
+
+
+def _recording(handler: ExceptionHandler) -> ExceptionHandler:
+    async def record_then_handle(request: Request, error: Exception) -> Response:
+        audit: RequestAudit | None = getattr(request.state, "audit", None)
+        if audit is not None and not audit.recorded and not isinstance(error, AuditUnavailable):
+            try:
+                await audit.failed(error)
+            except AuditUnavailable as unavailable:
+                return problem_response(
+                    unavailable.status,
+                    unavailable.slug,
+                    unavailable.title,
+                    unavailable.detail,
+                    unavailable.headers,
+                )
+        return await handler(request, error)  # type: ignore[no-any-return]
+
+    return record_then_handle
+
+
 def get_request_audit(request: Request) -> RequestAudit:
     audit: RequestAudit = request.state.audit
     return audit
@@ -244,11 +278,9 @@ def get_request_audit(request: Request) -> RequestAudit:
 class AuditedRoute(APIRoute):
     """Routes of endpoints marked `@audited`: every request leaves exactly one event.
 
-    Success is recorded by the endpoint (it knows the key version and, for a mutation, the session).
-    Everything that ends the request early — a refused token (401), a missing scope (403), a failed
-    precondition (412), a rate limit (429), a missing key (404), invalid input (422) — is raised as
-    an exception from a dependency or the service; this is the one place those are recorded, before
-    the exception becomes a response. An endpoint that returns without recording fails closed.
+    Success is recorded by the endpoint (it knows the key version and, for a mutation, the session);
+    an endpoint that returns without recording fails closed. Everything that ends a request early is
+    recorded by `install_audit_recording`'s exception handlers instead.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -261,14 +293,7 @@ class AuditedRoute(APIRoute):
         async def audited_handler(request: Request) -> Response:
             audit = RequestAudit(request.app.state.audit, request, action)
             request.state.audit = audit
-            try:
-                response = await handler(request)
-            except AuditUnavailable:
-                raise
-            except Exception as error:
-                if not audit.recorded:
-                    await audit.failed(error)
-                raise
+            response = await handler(request)
             if not audit.recorded:
                 log.error("%s returned without recording its audit event", path)
                 raise AuditUnavailable()
