@@ -85,7 +85,21 @@ async def private_service(
         app = create_app(settings, keyring=keyring)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://keyvault.test") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://keyvault.test"
+            ) as client:
                 yield PrivateService(app, client, url, keyring)
     finally:
         await dispose_database(url)
+
+
+@asynccontextmanager
+async def another_instance(service: PrivateService) -> AsyncIterator[httpx.AsyncClient]:
+    """A second app over the same database, as a second worker process would be."""
+    app = create_app(make_settings(service.database_url), keyring=service.keyring)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://keyvault.test"
+        ) as client:
+            yield client

@@ -124,9 +124,7 @@ def test_an_event_under_an_unconfigured_master_key_cannot_pass() -> None:
 
 
 def test_control_characters_and_long_values_are_cleaned_for_storage() -> None:
-    event = AuditEvent.create(
-        action="get", outcome="ok", target="a\x00b", user_agent="x" * 1000
-    )
+    event = AuditEvent.create(action="get", outcome="ok", target="a\x00b", user_agent="x" * 1000)
     assert event.target == "a?b"
     assert event.user_agent is not None
     assert len(event.user_agent) == 256

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
-        app.state.audit = AuditTrail(engine, lambda: app.state.keyring)
+        app.state.audit = AuditTrail(settings.database_url, lambda: app.state.keyring)
         try:
             app.state.keyring = keyring or await unlock(
                 app.state.sessions,

@@ -13,7 +13,6 @@ Every stored event is also logged once, after its commit, as one JSON line on "k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -24,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault import audit_repository
 from keyvault.audit import (
@@ -39,6 +38,7 @@ from keyvault.audit import (
 )
 from keyvault.audit_repository import ChainHeadMissingError, Executor
 from keyvault.crypto import Keyring, RootKey
+from keyvault.db import create_engine
 from keyvault.errors import AuditUnavailable, Problem, problem_response
 
 log = logging.getLogger("keyvault")
@@ -117,12 +117,14 @@ def _fail(batch: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]]) -> None:
 class AuditTrail:
     """The process's audit writer. New links use the keyring's current root key."""
 
-    def __init__(self, engine: AsyncEngine, keyring: Callable[[], Keyring]) -> None:
-        self._engine = engine
+    def __init__(self, database_url: str, keyring: Callable[[], Keyring]) -> None:
+        # An engine (and pool) of its own: the reads waiting on a batch each hold a connection of
+        # the request pool, and a full request pool must never stop the batch that frees them.
+        # One batch runs at a time, so this pool holds a single connection in practice.
+        self._engine = create_engine(database_url)
         self._keyring = keyring
         self._keys: dict[str, bytes] = {}
         self._group = GroupCommit(self._store_batch)
-        self._connection: AsyncConnection | None = None
 
     async def record(self, event: AuditEvent) -> ChainedEvent:
         """Store `event` by group commit and return once it is committed."""
@@ -141,24 +143,11 @@ class AuditTrail:
 
     async def aclose(self) -> None:
         await self._group.aclose()
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        await self._engine.dispose()
 
     async def _store_batch(self, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
-        # A connection of its own: the reads waiting on this batch each hold a pooled connection,
-        # and a full pool must never keep the batch that would release them from running.
-        if self._connection is None:
-            self._connection = await self._engine.connect()
-        connection = self._connection
-        try:
-            async with connection.begin():
-                chained = await self._append(connection, events)
-        except BaseException:
-            self._connection = None
-            with contextlib.suppress(Exception):
-                await connection.invalidate()
-            raise
+        async with self._engine.begin() as connection:
+            chained = await self._append(connection, events)
         for stored in chained:
             log_event(stored)
         return chained

@@ -40,7 +40,11 @@ async def test_put_records_who_did_what_from_where(
     stored = await _only_event(settings, unique_sub)
     event = stored.event
     assert (event.action, event.outcome, event.key_version) == ("put", "ok", 1)
-    assert (event.actor, event.client_id, event.target) == (unique_sub, "billing-service", unique_sub)
+    assert (event.actor, event.client_id, event.target) == (
+        unique_sub,
+        "billing-service",
+        unique_sub,
+    )
     assert (event.request_id, event.user_agent) == ("req-put-1", "billing/2.1")
     assert event.client_address == "127.0.0.1"
     assert event.occurred_at.tzinfo is not None
