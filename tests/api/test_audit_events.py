@@ -207,7 +207,7 @@ async def test_each_event_is_logged_as_one_json_line(
     assert [(line["action"], line["outcome"]) for line in mine] == [("put", "ok"), ("get", "ok")]
     assert all(isinstance(line["seq"], int) and line["link"] for line in mine)
     records = [record for record in caplog.records if record.name == "keyvault.audit"]
-    assert all(json.loads(record.getMessage()) == record.audit for record in records)
+    assert all(json.loads(record.getMessage()) == record.__dict__["audit"] for record in records)
 
 
 async def test_no_key_or_token_reaches_an_event_or_a_log_line(
