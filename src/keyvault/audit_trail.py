@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyvault import audit_repository
 from keyvault.audit import (
@@ -190,13 +191,14 @@ class RequestAudit:
         self.recorded = True
 
     async def failed(self, error: Exception) -> None:
-        outcome = (
-            outcome_for_status(error.status)
-            if isinstance(error, Problem)
-            else Outcome.invalid_request
-            if isinstance(error, RequestValidationError)
-            else Outcome.error
-        )
+        if isinstance(error, Problem):
+            outcome = outcome_for_status(error.status)
+        elif isinstance(error, StarletteHTTPException):
+            outcome = outcome_for_status(error.status_code)
+        elif isinstance(error, RequestValidationError):
+            outcome = Outcome.invalid_request
+        else:
+            outcome = Outcome.error
         await self._trail.record(self._event(outcome, None))
         self.recorded = True
 

@@ -8,9 +8,12 @@ from dataclasses import asdict
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from keyvault.api import get_keyring
 from keyvault.audit import ChainedEvent
 from keyvault.config import Settings
+from keyvault.errors import Problem
 from tests.audit_support import stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
@@ -237,3 +240,25 @@ async def test_no_key_or_token_reaches_an_event_or_a_log_line(
         assert "CANARY" not in text
         assert canary_token not in text
         assert canary_token.split(".")[2] not in text
+
+
+class _TooManyRequests(Problem):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+async def test_a_rate_limit_raised_by_a_dependency_is_recorded_as_rate_limited(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    token: TokenFactory,
+    settings: Settings,
+    unique_sub: str,
+) -> None:
+    # Where a rate limiter would sit: a dependency of the route that refuses before the service.
+    def refuse() -> None:
+        raise _TooManyRequests("Slow down.", {"Retry-After": "1"})
+
+    app.dependency_overrides[get_keyring] = refuse
+    response = await client.get(key_path(unique_sub), headers=bearer(token(unique_sub, ALL)))
+    assert response.status_code == 429
+    event = (await _only_event(settings, unique_sub)).event
+    assert (event.action, event.outcome, event.actor) == ("get", "rate_limited", unique_sub)
