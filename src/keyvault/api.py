@@ -27,7 +27,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_keyring(request: Request) -> Keyring:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
 
@@ -35,7 +36,8 @@ def get_keyring(request: Request) -> Keyring:
 # scope="function": commit before the response is sent, so a failed commit is never reported as 2xx.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
-Audit = Annotated[RequestAudit, Depends(get_request_audit)]
+# Declared before `session` in a route: see get_request_audit for why the order matters.
+Audit = Annotated[RequestAudit, Depends(get_request_audit, scope="function")]
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -78,9 +80,9 @@ async def put_api_key(
     sub: SubjectPath,
     body: ApiKeyWrite,
     caller: KeyWriter,
+    audit: Audit,
     session: Session,
     keyring: CurrentKeyring,
-    audit: Audit,
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -105,10 +107,10 @@ async def put_api_key(
 )
 @audited(Action.status)
 async def read_api_key_status(
-    sub: SubjectPath, caller: StatusReader, session: Session, audit: Audit, response: Response
+    sub: SubjectPath, caller: StatusReader, audit: Audit, session: Session, response: Response
 ) -> KeyStatus:
     key_status, etag = await service.get_status(session, sub)
-    await audit.succeeded(key_version=key_status.version)
+    audit.succeeded(key_version=key_status.version)
     if etag is not None:
         response.headers["ETag"] = etag
     return key_status
@@ -124,14 +126,13 @@ async def read_api_key_status(
 async def read_api_key(
     sub: SubjectPath,
     caller: KeyReader,
+    audit: Audit,
     session: Session,
     keyring: CurrentKeyring,
-    audit: Audit,
     response: Response,
 ) -> ApiKeyRead:
     body, etag = await service.get_api_key(session, keyring, sub)
-    # No key leaves before its read is on the record.
-    await audit.succeeded(key_version=body.version)
+    audit.succeeded(key_version=body.version)  # committed before the response leaves
     response.headers.update(NO_STORE)
     response.headers["ETag"] = etag
     return body
@@ -145,7 +146,7 @@ async def read_api_key(
 )
 @audited(Action.delete)
 async def delete_api_key(
-    sub: SubjectPath, caller: KeyDeleter, session: Session, audit: Audit
+    sub: SubjectPath, caller: KeyDeleter, audit: Audit, session: Session
 ) -> None:
     version = await service.delete_api_key(session, sub)
     await audit.succeeded_in(session, key_version=version)

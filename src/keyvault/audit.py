@@ -21,7 +21,7 @@ import json
 import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -132,7 +132,7 @@ class ChainedEvent:
     event: AuditEvent
 
     def row(self) -> dict[str, Any]:
-        return {**asdict(self.event), "seq": self.seq, "key_id": self.key_id, "link": self.link}
+        return {**_fields(self.event), "seq": self.seq, "key_id": self.key_id, "link": self.link}
 
     def log_record(self) -> dict[str, Any]:
         """The event as one JSON-ready log entry; the link lets a log store witness the chain."""
@@ -266,9 +266,27 @@ def _broken(checked: int, seq: int, problem: str) -> Verification:
 
 
 def _canonical_fields(seq: int, key_id: str, event: AuditEvent) -> dict[str, Any]:
-    fields: dict[str, Any] = asdict(event)
+    fields = _fields(event)
     fields["occurred_at"] = _timestamp(event.occurred_at)
-    return {**fields, "seq": seq, "key_id": key_id}
+    fields["seq"] = seq
+    fields["key_id"] = key_id
+    return fields
+
+
+def _fields(event: AuditEvent) -> dict[str, Any]:
+    # By hand rather than dataclasses.asdict (a deep copy): this runs for every read.
+    return {
+        "occurred_at": event.occurred_at,
+        "action": event.action,
+        "outcome": event.outcome,
+        "target": event.target,
+        "actor": event.actor,
+        "client_id": event.client_id,
+        "key_version": event.key_version,
+        "request_id": event.request_id,
+        "client_address": event.client_address,
+        "user_agent": event.user_agent,
+    }
 
 
 def _timestamp(moment: datetime) -> str:
@@ -280,6 +298,8 @@ def _clean(value: str | None, limit: int) -> str | None:
     """Text that any database column takes: no control characters, valid UTF-8, cut to `limit`."""
     if value is None:
         return None
+    if value.isprintable():  # the common case, checked in C; no control or surrogate characters
+        return value[:limit]
     cleaned = "".join("?" if unicodedata.category(char) in ("Cc", "Cs") else char for char in value)
     return cleaned[:limit]
 

@@ -13,9 +13,10 @@ Every stored event is also logged once, after its commit, as one JSON line on "k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -23,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyvault import audit_repository
@@ -55,6 +56,8 @@ ExceptionHandler = Callable[[Request, Exception], Any]
 def log_event(chained: ChainedEvent) -> None:
     # The message is the JSON itself so the line is one JSON object under any formatter; `extra`
     # hands the same fields to a structured formatter.
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
     record = chained.log_record()
     audit_log.info(json.dumps(record, sort_keys=True), extra={"audit": record})
 
@@ -72,13 +75,13 @@ class GroupCommit:
         self._queue: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, event: AuditEvent) -> ChainedEvent:
-        """Returns once the event is committed; raises AuditUnavailable when it could not be."""
+    def enqueue(self, event: AuditEvent) -> asyncio.Future[ChainedEvent]:
+        """A future resolved once the event is committed (AuditUnavailable when it could not be)."""
         future: asyncio.Future[ChainedEvent] = asyncio.get_running_loop().create_future()
         self._queue.append((event, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._drain())
-        return await future
+        return future
 
     async def aclose(self) -> None:
         if self._flusher is not None:
@@ -119,17 +122,21 @@ class AuditTrail:
     """The process's audit writer. New links use the keyring's current root key."""
 
     def __init__(self, database_url: str, keyring: Callable[[], Keyring]) -> None:
-        # An engine (and pool) of its own: the reads waiting on a batch each hold a connection of
-        # the request pool, and a full request pool must never stop the batch that frees them.
-        # One batch runs at a time, so this pool holds a single connection in practice.
+        # An engine of its own: the reads waiting on a batch each hold a connection of the request
+        # pool, and a full request pool must never stop the batch that frees them.
         self._engine = create_engine(database_url)
+        self._connection: AsyncConnection | None = None
         self._keyring = keyring
         self._keys: dict[str, bytes] = {}
         self._group = GroupCommit(self._store_batch)
 
     async def record(self, event: AuditEvent) -> ChainedEvent:
         """Store `event` by group commit and return once it is committed."""
-        return await self._group.submit(event)
+        return await self._group.enqueue(event)
+
+    def record_soon(self, event: AuditEvent) -> asyncio.Future[ChainedEvent]:
+        """Start storing `event` by group commit; await the future for its commit."""
+        return self._group.enqueue(event)
 
     async def record_in(self, session: AsyncSession, event: AuditEvent) -> None:
         """Store `event` in `session`'s transaction; it is logged only if that transaction commits."""
@@ -144,11 +151,25 @@ class AuditTrail:
 
     async def aclose(self) -> None:
         await self._group.aclose()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
         await self._engine.dispose()
 
     async def _store_batch(self, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
-        async with self._engine.begin() as connection:
-            chained = await self._append(connection, events)
+        # One batch runs at a time, so one connection is kept for them rather than checked out
+        # (and pinged) per batch; after any failure it is dropped and the next batch reconnects.
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        connection = self._connection
+        try:
+            async with connection.begin():
+                chained = await self._append(connection, events)
+        except BaseException:
+            self._connection = None
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            raise
         for stored in chained:
             log_event(stored)
         return chained
@@ -178,12 +199,20 @@ class RequestAudit:
         self._trail = trail
         self._request = request
         self._action = action
+        self._pending: asyncio.Future[ChainedEvent] | None = None
         self.recorded = False
 
-    async def succeeded(self, *, key_version: int | None) -> None:
-        """A read: its event is committed (group commit) before this returns."""
-        await self._trail.record(self._event(Outcome.ok, key_version))
+    def succeeded(self, *, key_version: int | None) -> None:
+        """A read: its event goes to the group commit now, and `get_request_audit` waits for that
+        commit before the response can leave (after the request's session let its connection go)."""
+        self._pending = self._trail.record_soon(self._event(Outcome.ok, key_version))
         self.recorded = True
+
+    async def settled(self) -> None:
+        """Wait for the commit of an event started by `succeeded`; AuditUnavailable if it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
 
     async def succeeded_in(self, session: AsyncSession, *, key_version: int | None) -> None:
         """A mutation: its event joins the change in `session`'s transaction."""
@@ -261,9 +290,15 @@ def _recording(handler: ExceptionHandler) -> ExceptionHandler:
     return record_then_handle
 
 
-def get_request_audit(request: Request) -> RequestAudit:
+async def get_request_audit(request: Request) -> AsyncIterator[RequestAudit]:
+    """The request's audit entry. Used with scope="function" and declared before the session, its
+    teardown runs after the session's and before the response is sent: a read's key never leaves
+    before its event is committed, and the read's connection is not held while it waits."""
     audit: RequestAudit = request.state.audit
-    return audit
+    try:
+        yield audit
+    finally:
+        await audit.settled()
 
 
 class AuditedRoute(APIRoute):
