@@ -98,7 +98,7 @@ def keyvault_app_without_audit() -> Any:
 
     _pool_size_from_environment()
 
-    async def not_recorded(self: audit_trail.RequestAudit, *, key_version: int | None) -> None:
+    def not_recorded(self: audit_trail.RequestAudit, *, key_version: int | None) -> None:
         self.recorded = True
 
     audit_trail.RequestAudit.succeeded = not_recorded  # type: ignore[method-assign]

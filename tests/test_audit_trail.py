@@ -24,7 +24,7 @@ def head_claims() -> Iterator[list[str]]:
     claims: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith("UPDATE audit_head SET seq"):
+        if "audit_head SET seq" in statement:
             claims.append(statement)
 
     event.listen(Engine, "before_cursor_execute", count)

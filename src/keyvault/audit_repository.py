@@ -3,16 +3,22 @@
 Appending serialises on the single `audit_head` row: the first statement of an append is an UPDATE
 of that row, which takes its row lock on Postgres (and the write lock on SQLite) until the
 transaction ends, so two writers can never both extend the chain from the same link.
+
+On Postgres the group commit first tries `append_after`: one statement, run on its own (autocommit),
+that extends the chain from the head the writer last saw — a compare-and-swap on the head row — and
+inserts the events only if the swap happened. One round trip instead of five; when another writer
+moved the head in between, nothing is written and the caller falls back to `append`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keyvault.audit import (
@@ -61,6 +67,57 @@ async def append(
         .values(link=tail.link, key_id=root.key_id, mac=head_mac(key, tail.seq, tail.link))
     )
     return chained
+
+
+_APPEND_AFTER = text(
+    """
+    WITH head AS (
+        UPDATE audit_head SET seq = :seq, link = :link, key_id = :key_id, mac = :mac
+        WHERE id = :head_id AND seq = :expected_seq AND link = :expected_link
+        RETURNING 1
+    )
+    INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
+                              key_version, request_id, client_address, user_agent, key_id, link)
+    SELECT e.seq, e.occurred_at, e.actor, e.client_id, e.action, e.target, e.outcome,
+           e.key_version, e.request_id, e.client_address, e.user_agent, e.key_id,
+           decode(e.link, 'hex')
+    FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(
+        seq bigint, occurred_at timestamptz, actor text, client_id text, action text, target text,
+        outcome text, key_version integer, request_id text, client_address text, user_agent text,
+        key_id text, link text)
+    WHERE EXISTS (SELECT 1 FROM head)
+    """
+)
+
+
+async def append_after(
+    connection: AsyncConnection,
+    head: ChainHead,
+    root: RootKey,
+    key: bytes,
+    events: Sequence[AuditEvent],
+) -> list[ChainedEvent] | None:
+    """Postgres only, on an autocommit connection: link `events` after `head` in one statement.
+
+    None when the head has moved since (nothing was written). The statement is atomic on its own;
+    a concurrent writer holding the head row makes it wait, then find the head changed.
+    """
+    chained = link_events(root, key, head.link, head.seq + 1, events)
+    tail = chained[-1]
+    result = await connection.execute(
+        _APPEND_AFTER,
+        {
+            "seq": tail.seq,
+            "link": tail.link,
+            "key_id": root.key_id,
+            "mac": head_mac(key, tail.seq, tail.link),
+            "head_id": HEAD_ID,
+            "expected_seq": head.seq,
+            "expected_link": head.link,
+            "events": json.dumps([item.log_record() for item in chained]),
+        },
+    )
+    return chained if result.rowcount == len(chained) else None
 
 
 async def get_head(executor: Executor) -> ChainHead | None:

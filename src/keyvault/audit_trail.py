@@ -32,6 +32,7 @@ from keyvault.audit import (
     Action,
     AuditEvent,
     ChainedEvent,
+    ChainHead,
     Outcome,
     Verification,
     audit_key,
@@ -125,7 +126,9 @@ class AuditTrail:
         # An engine of its own: the reads waiting on a batch each hold a connection of the request
         # pool, and a full request pool must never stop the batch that frees them.
         self._engine = create_engine(database_url)
-        self._connection: AsyncConnection | None = None
+        self._compare_and_swap = self._engine.dialect.name == "postgresql"
+        self._connection: AsyncConnection | None = None  # autocommit, for append_after
+        self._head: ChainHead | None = None  # the head as this process last wrote it
         self._keyring = keyring
         self._keys: dict[str, bytes] = {}
         self._group = GroupCommit(self._store_batch)
@@ -157,22 +160,37 @@ class AuditTrail:
         await self._engine.dispose()
 
     async def _store_batch(self, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
-        # One batch runs at a time, so one connection is kept for them rather than checked out
-        # (and pinged) per batch; after any failure it is dropped and the next batch reconnects.
-        if self._connection is None:
-            self._connection = await self._engine.connect()
-        connection = self._connection
-        try:
-            async with connection.begin():
+        chained = None
+        if self._compare_and_swap and self._head is not None:
+            chained = await self._append_after_known_head(events)
+        if chained is None:
+            async with self._engine.begin() as connection:
                 chained = await self._append(connection, events)
-        except BaseException:
-            self._connection = None
-            with contextlib.suppress(Exception):
-                await connection.invalidate()
-            raise
+        self._head = ChainHead(chained[-1].seq, chained[-1].link, None, None)
         for stored in chained:
             log_event(stored)
         return chained
+
+    async def _append_after_known_head(
+        self, events: Sequence[AuditEvent]
+    ) -> list[ChainedEvent] | None:
+        # One batch runs at a time, so one connection is kept for this rather than checked out
+        # (and pinged) per batch; after any failure it is dropped and the next batch reconnects.
+        assert self._head is not None
+        if self._connection is None:
+            connection = await self._engine.connect()
+            self._connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection = self._connection
+        root = self._keyring().current
+        try:
+            return await audit_repository.append_after(
+                connection, self._head, root, self._key(root), events
+            )
+        except BaseException:
+            self._connection = self._head = None
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            raise
 
     async def _append(self, executor: Executor, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
         root = self._keyring().current
