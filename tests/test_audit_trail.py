@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from keyvault import audit_repository
+from keyvault.db import create_engine
 from tests.audit_support import another_instance, private_service, stored_events, verify
 from tests.conftest import bearer, key_path, mint
 
@@ -82,3 +84,17 @@ async def test_concurrent_reads_share_their_audit_transactions(
         assert all(response.status_code == 200 for response in responses)
         assert len(await stored_events(service.database_url, "reader")) == reads + 1
         assert 1 <= len(head_claims) < reads
+
+
+async def test_the_chain_is_walked_a_chunk_at_a_time(backend: str, tmp_path: Path) -> None:
+    async with private_service(backend, tmp_path) as service:
+        headers = bearer(mint("walker", ALL))
+        for _ in range(5):
+            await service.client.get(key_path("walker", "/status"), headers=headers)
+        engine = create_engine(service.database_url)
+        try:
+            async with engine.connect() as connection:
+                seqs = [stored.seq async for stored in audit_repository.walk(connection, chunk=2)]
+        finally:
+            await engine.dispose()
+        assert seqs == [1, 2, 3, 4, 5]

@@ -195,25 +195,34 @@ def verify_chain(
 
     `key_for` maps a key id to its root key (None when that master key is not configured).
     """
-    keys: dict[str, bytes] = {}
-
-    def key(key_id: str) -> bytes | None:
-        if key_id not in keys:
-            root = key_for(key_id)
-            if root is None:
-                return None
-            keys[key_id] = audit_key(root)
-        return keys[key_id]
-
-    previous, expected_seq, checked = GENESIS_LINK, 1, 0
+    verifier = ChainVerifier(key_for)
     for stored in events:
+        broken = verifier.feed(stored)
+        if broken is not None:
+            return broken
+    return verifier.finish(head)
+
+
+class ChainVerifier:
+    """`verify_chain` one event at a time, so a long trail is checked without holding it all."""
+
+    def __init__(self, key_for: Callable[[str], RootKey | None]) -> None:
+        self._key_for = key_for
+        self._keys: dict[str, bytes] = {}
+        self._previous = GENESIS_LINK
+        self._expected_seq = 1
+        self.checked = 0
+
+    def feed(self, stored: ChainedEvent) -> Verification | None:
+        """None while the chain holds; the first problem otherwise."""
+        expected_seq, checked = self._expected_seq, self.checked
         if stored.seq > expected_seq:
             return _broken(
                 checked, expected_seq, f"events {expected_seq}..{stored.seq - 1} were removed"
             )
         if stored.seq < expected_seq:
             return _broken(checked, stored.seq, f"event {stored.seq} is out of order")
-        event_key = key(stored.key_id)
+        event_key = self._key(stored.key_id)
         if event_key is None:
             return _broken(
                 checked,
@@ -221,15 +230,31 @@ def verify_chain(
                 f"event {stored.seq} was linked under master key id {stored.key_id}, "
                 "which is not configured; it cannot be checked",
             )
-        expected = chain_link(event_key, previous, stored.seq, stored.key_id, stored.event)
+        expected = chain_link(event_key, self._previous, stored.seq, stored.key_id, stored.event)
         if not hmac.compare_digest(expected, stored.link):
             return _broken(
                 checked,
                 stored.seq,
                 f"event {stored.seq} was edited or inserted (its link does not verify)",
             )
-        previous, expected_seq, checked = stored.link, expected_seq + 1, checked + 1
-    return _check_head(checked, expected_seq - 1, previous, head, key)
+        self._previous, self._expected_seq, self.checked = (
+            stored.link,
+            expected_seq + 1,
+            checked + 1,
+        )
+        return None
+
+    def finish(self, head: ChainHead | None) -> Verification:
+        """After the last event: does the head row agree that the chain ends here?"""
+        return _check_head(self.checked, self._expected_seq - 1, self._previous, head, self._key)
+
+    def _key(self, key_id: str) -> bytes | None:
+        if key_id not in self._keys:
+            root = self._key_for(key_id)
+            if root is None:
+                return None
+            self._keys[key_id] = audit_key(root)
+        return self._keys[key_id]
 
 
 def _check_head(

@@ -33,11 +33,11 @@ from keyvault.audit import (
     AuditEvent,
     ChainedEvent,
     ChainHead,
+    ChainVerifier,
     Outcome,
     Verification,
     audit_key,
     outcome_for_status,
-    verify_chain,
 )
 from keyvault.audit_repository import ChainHeadMissingError, Executor
 from keyvault.crypto import Keyring, RootKey
@@ -204,10 +204,17 @@ class AuditTrail:
 
 
 async def verify_stored_chain(executor: Executor, keyring: Keyring) -> Verification:
-    """Walk the stored chain with the keyring's keys (current and retired)."""
-    head = await audit_repository.get_head(executor)
-    events = [stored async for stored in audit_repository.walk(executor)]
-    return verify_chain(events, head, keyring.root)
+    """Walk the stored chain with the keyring's keys (current and retired), a chunk at a time.
+
+    Run it in one snapshot (REPEATABLE READ on Postgres) when the service may be writing, so the
+    events and the head row are read as of the same moment.
+    """
+    verifier = ChainVerifier(keyring.root)
+    async for stored in audit_repository.walk(executor):
+        broken = verifier.feed(stored)
+        if broken is not None:
+            return broken
+    return verifier.finish(await audit_repository.get_head(executor))
 
 
 class RequestAudit:

@@ -174,7 +174,11 @@ async def _verify_audit(settings: Settings, master_key: str) -> Verification:
             create_sessionmaker(engine), master_key, iterations_for_new=settings.kdf_iterations
         )
         async with engine.connect() as connection:
-            return await verify_stored_chain(connection, keyring)
+            if engine.dialect.name == "postgresql":
+                # One snapshot: events and head as of one moment while the service keeps writing.
+                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                return await verify_stored_chain(connection, keyring)
     finally:
         await engine.dispose()
 
