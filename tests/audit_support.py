@@ -4,6 +4,7 @@ the schema on purpose), and reading back what the trail stored."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -103,3 +104,8 @@ async def another_instance(service: PrivateService) -> AsyncIterator[httpx.Async
             transport=transport, base_url="http://keyvault.test"
         ) as client:
             yield client
+
+
+def new_sub() -> str:
+    """A subject no other test uses, so events in the shared test database can be told apart."""
+    return f"google-oauth2|{uuid.uuid4().hex[:10]}"

@@ -7,10 +7,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.audit_support import new_sub
 from tests.conftest import TokenFactory, bearer, key_path
 
 ALL = "api-key:read api-key:write api-key:delete"
 SERVICE = "api-key:read users:any"
+
+
+@pytest.fixture
+def unique_sub() -> str:
+    return new_sub()
 
 
 async def _log(

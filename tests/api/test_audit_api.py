@@ -8,11 +8,16 @@ import httpx
 import pytest
 
 from keyvault.config import Settings
-from tests.audit_support import stored_events
+from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
 ALL = "api-key:read api-key:write api-key:delete"
 AUDITOR = "audit:read"
+
+
+@pytest.fixture
+def unique_sub() -> str:
+    return new_sub()
 
 
 async def _make_history(client: httpx.AsyncClient, token: TokenFactory, sub: str) -> None:

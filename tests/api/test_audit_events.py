@@ -14,11 +14,16 @@ from keyvault.api import get_keyring
 from keyvault.audit import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
-from tests.audit_support import stored_events
+from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
 ALL = "api-key:read api-key:write api-key:delete"
 KEY = "sk-proj-abcdefghijkl1234"
+
+
+@pytest.fixture
+def unique_sub() -> str:
+    return new_sub()
 
 
 async def _only_event(settings: Settings, sub: str) -> ChainedEvent:

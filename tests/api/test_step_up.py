@@ -11,12 +11,17 @@ import pytest
 
 from keyvault.app import create_app
 from keyvault.crypto import Keyring
-from tests.audit_support import stored_events
+from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, key_path, make_settings, mint
 
 ALL = "api-key:read api-key:write api-key:delete"
 SERVICE = f"{ALL} users:any"
 KEY = "sk-proj-abcdefghijkl1234"
+
+
+@pytest.fixture
+def unique_sub() -> str:
+    return new_sub()
 
 
 @pytest.fixture
