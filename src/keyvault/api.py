@@ -10,6 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault import service
+from keyvault.audit import Action
+from keyvault.audit_trail import AuditedRoute, RequestAudit, audited, get_request_audit
 from keyvault.auth import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.crypto import Keyring
 from keyvault.db import session_scope
@@ -38,7 +40,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_keyring(request: Request) -> Keyring:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
 
@@ -46,6 +49,8 @@ def get_keyring(request: Request) -> Keyring:
 # scope="function": commit before the response is sent, so a failed commit is never reported as 2xx.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
+# Declared before `session` in a route: see get_request_audit for why the order matters.
+Audit = Annotated[RequestAudit, Depends(get_request_audit, scope="function")]
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -58,7 +63,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "The path or body is invalid; the detail names the field, never its value.",
         429: "Too many requests from this address or this caller; `Retry-After` says when to retry.",
         500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
-        503: "The database is unreachable or the service is not ready.",
+        503: "The database is unreachable, the audit trail cannot record, or the service is not ready.",
     }
     # Declared under application/problem+json only (a `model` would also list application/json).
     return {
@@ -106,7 +111,8 @@ _PROBLEM_EXAMPLES[503] = _example(
 )
 
 
-router = APIRouter()
+# Endpoints marked @audited leave one audit event per request, whatever its outcome.
+router = APIRouter(route_class=AuditedRoute)
 
 
 @router.put(
@@ -119,10 +125,12 @@ router = APIRouter()
         **_problems(401, 403, 412, 413, 422, 429, 503),
     },
 )
+@audited(Action.put)
 async def put_api_key(
     sub: SubjectPath,
     body: ApiKeyWrite,
     caller: KeyWriter,
+    audit: Audit,
     session: Session,
     keyring: CurrentKeyring,
     response: Response,
@@ -135,6 +143,7 @@ async def put_api_key(
     result = await service.put_api_key(
         session, keyring, sub, body.api_key.get_secret_value(), precondition
     )
+    await audit.succeeded_in(session, key_version=result.status.version)
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     response.headers["ETag"] = result.etag
     return result.status
@@ -146,10 +155,12 @@ async def put_api_key(
     summary="Whether a user has an API key (never reveals it)",
     responses=_problems(401, 403, 422, 429, 503),
 )
+@audited(Action.status)
 async def read_api_key_status(
-    sub: SubjectPath, caller: StatusReader, session: Session, response: Response
+    sub: SubjectPath, caller: StatusReader, audit: Audit, session: Session, response: Response
 ) -> KeyStatus:
     key_status, etag = await service.get_status(session, sub)
+    audit.succeeded(key_version=key_status.version)
     if etag is not None:
         response.headers["ETag"] = etag
     return key_status
@@ -161,14 +172,17 @@ async def read_api_key_status(
     summary="Read a user's decrypted API key",
     responses=_problems(401, 403, 404, 422, 429, 500, 503),
 )
+@audited(Action.get)
 async def read_api_key(
     sub: SubjectPath,
     caller: KeyReader,
+    audit: Audit,
     session: Session,
     keyring: CurrentKeyring,
     response: Response,
 ) -> ApiKeyRead:
     body, etag = await service.get_api_key(session, keyring, sub)
+    audit.succeeded(key_version=body.version)  # committed before the response leaves
     response.headers.update(NO_STORE)
     response.headers["ETag"] = etag
     return body
@@ -180,8 +194,12 @@ async def read_api_key(
     summary="Delete a user's API key",
     responses=_problems(401, 403, 404, 422, 429, 503),
 )
-async def delete_api_key(sub: SubjectPath, caller: KeyDeleter, session: Session) -> None:
-    await service.delete_api_key(session, sub)
+@audited(Action.delete)
+async def delete_api_key(
+    sub: SubjectPath, caller: KeyDeleter, audit: Audit, session: Session
+) -> None:
+    version = await service.delete_api_key(session, sub)
+    await audit.succeeded_in(session, key_version=version)
 
 
 @router.get("/healthz", summary="The process is up", tags=["health"])

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from keyvault import api, metrics, rotation
+from keyvault import api, audit_api, metrics, rotation
+from keyvault.audit_trail import AuditTrail, install_audit_recording
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
@@ -18,6 +19,7 @@ from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 from keyvault.ratelimit import AddressRateLimit, RateLimiter
+from keyvault.stepup import StepUpPolicy
 from keyvault.telemetry import RequestTelemetry
 
 log = logging.getLogger("keyvault")
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
+        app.state.audit = AuditTrail(settings.database_url, lambda: app.state.keyring)
         try:
             if keyring is None:
                 app.state.keyring = await unlock(
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             yield
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
+            await app.state.audit.aclose()
             await rate_limiter.aclose()
             if jwks is not None:
                 await jwks.aclose()
@@ -98,10 +102,14 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     )
     app.state.rate_limiter = rate_limiter
     app.state.metrics_token = settings.metrics_token
+    app.state.step_up = StepUpPolicy.from_settings(settings)
+    # Before api.router: the access-log path must be matched by its own route, never read as a sub.
+    app.include_router(audit_api.router)
     app.include_router(api.router)
     app.include_router(metrics.router)
     install_docs(app)
     install_error_handlers(app)
+    install_audit_recording(app)
     # Outermost last. Telemetry sits outside everything that can answer (429, 413, 503), and
     # inside RequestId so its log line carries the request id.
     app.add_middleware(LastResortErrors)

@@ -23,6 +23,7 @@ from pydantic import AfterValidator
 from keyvault import metrics
 from keyvault.config import Settings
 from keyvault.errors import Forbidden, Unauthorized
+from keyvault.stepup import StepUpPolicy
 
 HS_ALGORITHM: Final = "HS256"
 SUB_MAX_LENGTH: Final = 255
@@ -36,6 +37,7 @@ class Scope(StrEnum):
     write = "api-key:write"
     delete = "api-key:delete"
     any_user = "users:any"
+    audit_read = "audit:read"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,10 @@ class Principal:
     sub: str
     scopes: frozenset[str]
     client_id: str | None
+    # How and when the user signed in (OIDC / RFC 9470), for step-up checks.
+    acr: str | None = None
+    amr: frozenset[str] = frozenset()
+    auth_time: int | None = None
 
 
 class TokenVerifier:
@@ -110,7 +116,22 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     scope = claims.get("scope", "")
     scopes = scope.split() if isinstance(scope, str) else []
     client_id = claims.get("client_id") or claims.get("azp")
-    return Principal(sub, frozenset(scopes), str(client_id) if client_id else None)
+    acr = claims.get("acr")
+    amr = claims.get("amr")
+    auth_time = claims.get("auth_time")
+    return Principal(
+        sub,
+        frozenset(scopes),
+        str(client_id) if client_id else None,
+        acr=acr if isinstance(acr, str) else None,
+        amr=frozenset(m for m in amr if isinstance(m, str))
+        if isinstance(amr, list)
+        else frozenset(),
+        # bool is an int in Python; `true` is no time.
+        auth_time=int(auth_time)
+        if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
+        else None,
+    )
 
 
 class JwksCache:
@@ -203,20 +224,23 @@ async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | 
     if credentials is None:
         raise Unauthorized("A bearer token is required.", error=None, reason="missing")
     verifier: TokenVerifier = request.app.state.token_verifier
-    return await verifier.verify(credentials.credentials)
+    principal = await verifier.verify(credentials.credentials)
+    request.state.principal = principal  # the audit trail names the actor, even of a refusal
+    return principal
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
 
 
-def require(*allowed: Scope) -> Callable[..., Awaitable[Principal]]:
+def require(*allowed: Scope, step_up: str | None = None) -> Callable[..., Awaitable[Principal]]:
     """A dependency admitting callers holding any of `allowed` for the path's `sub`.
 
     Acting on someone else's sub also needs `users:any`. The decision uses the token alone, so it
     is the same whether or not the target has a key, and no query runs for a refused caller.
+    `step_up` names the action ("read", "write", "delete") whose step-up policy applies.
     """
 
-    async def check(sub: SubjectPath, caller: Caller) -> Principal:
+    async def check(request: Request, sub: SubjectPath, caller: Caller) -> Principal:
         if not any(scope in caller.scopes for scope in allowed):
             wanted = " or ".join(scope.value for scope in allowed)
             _refuse(Forbidden(f"This action needs the {wanted} scope.", "forbidden_scope"))
@@ -225,6 +249,16 @@ def require(*allowed: Scope) -> Callable[..., Awaitable[Principal]]:
                 Forbidden(
                     "Acting on another user's key needs the users:any scope.", "forbidden_user"
                 )
+            )
+        if step_up is not None:
+            policy: StepUpPolicy = request.app.state.step_up
+            policy.check(
+                step_up,
+                scopes=caller.scopes,
+                acr=caller.acr,
+                amr=caller.amr,
+                auth_time=caller.auth_time,
+                now=time.time(),
             )
         return caller
 
@@ -236,9 +270,21 @@ def _refuse(forbidden: Forbidden) -> NoReturn:
     raise forbidden
 
 
-KeyReader = Annotated[Principal, Depends(require(Scope.read))]
-KeyWriter = Annotated[Principal, Depends(require(Scope.write))]
-KeyDeleter = Annotated[Principal, Depends(require(Scope.delete))]
+def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers holding `scope`, for routes not about one user's key."""
+
+    async def check(caller: Caller) -> Principal:
+        if scope not in caller.scopes:
+            _refuse(Forbidden(f"This action needs the {scope.value} scope.", "forbidden_scope"))
+        return caller
+
+    return check
+
+
+KeyReader = Annotated[Principal, Depends(require(Scope.read, step_up="read"))]
+KeyWriter = Annotated[Principal, Depends(require(Scope.write, step_up="write"))]
+KeyDeleter = Annotated[Principal, Depends(require(Scope.delete, step_up="delete"))]
+AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
 StatusReader = Annotated[Principal, Depends(require(Scope.read, Scope.write, Scope.delete))]
 
 

@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keyvault import rotation, seed_import
+from keyvault.audit import Verification
+from keyvault.audit_trail import verify_stored_chain
 from keyvault.auth import mint_token
 from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
 from keyvault.crypto import Keyring
@@ -39,6 +41,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -193,6 +198,41 @@ def token(
     if settings.jwt_secret is None:
         raise ConfigurationError("KEYVAULT_JWT_SECRET is not set; tokens cannot be minted")
     typer.echo(mint_token(settings, sub, scope, ttl))
+
+
+@audit_app.command("verify")
+@one_line_failures
+def audit_verify() -> None:
+    """Walk the audit chain; exit 1 naming the first event that was edited, inserted or removed."""
+    settings = load_settings()
+    result = asyncio.run(_verify_audit(settings, settings.master_key()))
+    if not result.intact:
+        _fail(
+            f"audit chain broken at event {result.first_bad_seq}: {result.problem} "
+            f"({result.events_checked} events verified before it)"
+        )
+    typer.echo(f"audit chain intact: {result.events_checked} events verified")
+
+
+async def _verify_audit(settings: Settings, master_key: str) -> Verification:
+    engine = create_engine(settings.database_url)
+    try:
+        if not await is_at_head(engine, settings.database_url):
+            raise SchemaNotReadyError()
+        keyring = await unlock(
+            create_sessionmaker(engine),
+            master_key,
+            iterations_for_new=settings.kdf_iterations,
+            previous=settings.previous_master_keys(),
+        )
+        async with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                # One snapshot: events and head as of one moment while the service keeps writing.
+                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                return await verify_stored_chain(connection, keyring)
+    finally:
+        await engine.dispose()
 
 
 async def _check_existing_master_key(settings: Settings, master_key: str) -> None:

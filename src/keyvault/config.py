@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -32,6 +33,8 @@ MAX_JWT_LEEWAY_SECONDS: Final = 60
 DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./keyvault.db"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
+STEP_UP_ACTION_NAMES: Final = frozenset({"read", "write", "delete"})
+_CHALLENGE_TOKEN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
 class ConfigurationError(Exception):
@@ -69,6 +72,46 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = Field(default=300, ge=1)
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
+    # Step-up authentication (RFC 9470); see stepup.py. Lists are comma- or space-separated.
+    stepup_actions: Annotated[tuple[str, ...], NoDecode] = ()
+    stepup_acr: Annotated[tuple[str, ...], NoDecode] = ()
+    stepup_amr: Annotated[tuple[str, ...], NoDecode] = ()
+    stepup_max_age: int | None = Field(default=None, ge=0)
+
+    @field_validator("stepup_actions", "stepup_acr", "stepup_amr", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(",", " ").split() if part)
+        return value
+
+    @field_validator("stepup_actions")
+    @classmethod
+    def _known_stepup_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not set(value) <= STEP_UP_ACTION_NAMES:
+            raise ValueError(
+                f"KEYVAULT_STEPUP_ACTIONS must be some of {sorted(STEP_UP_ACTION_NAMES)}"
+            )
+        return value
+
+    @field_validator("stepup_acr", "stepup_amr")
+    @classmethod
+    def _plain_tokens(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # They are quoted into the WWW-Authenticate challenge, so no quotes or escapes.
+        if not all(_CHALLENGE_TOKEN.fullmatch(item) for item in value):
+            raise ValueError("acr and amr values may hold only letters, digits and -._:/")
+        return value
+
+    @model_validator(mode="after")
+    def _stepup_names_a_requirement(self) -> Settings:
+        if self.stepup_actions and not (
+            self.stepup_acr or self.stepup_amr or self.stepup_max_age is not None
+        ):
+            raise ValueError(
+                "KEYVAULT_STEPUP_ACTIONS needs KEYVAULT_STEPUP_ACR, KEYVAULT_STEPUP_AMR "
+                "or KEYVAULT_STEPUP_MAX_AGE"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

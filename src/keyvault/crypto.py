@@ -109,6 +109,10 @@ class Keyring:
     def key_ids(self) -> frozenset[str]:
         return frozenset(self._by_id)
 
+    def root(self, key_id: str) -> RootKey | None:
+        """The root key with this id, current or retired (e.g. to check old audit links)."""
+        return self._by_id.get(key_id)
+
     def seal(self, owner: str, api_key: str) -> SealedRecord:
         return seal_with(
             self.current,

@@ -42,6 +42,18 @@ class Unauthorized(Problem):
         self.reason = reason
 
 
+class InsufficientUserAuthentication(Unauthorized):
+    """RFC 9470: the token is valid but its authentication is too weak or too old for this action."""
+
+    def __init__(self, detail: str, acr_values: str | None, max_age: int | None) -> None:
+        challenge = f'Bearer error="insufficient_user_authentication", error_description="{detail}"'
+        if acr_values:
+            challenge += f', acr_values="{acr_values}"'
+        if max_age is not None:
+            challenge += f', max_age="{max_age}"'
+        Problem.__init__(self, detail, {"WWW-Authenticate": challenge})
+
+
 class Forbidden(Problem):
     status, slug, title = 403, "forbidden", "Not allowed"
 
@@ -79,6 +91,18 @@ class RecordUndecryptable(Problem):
 
 class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """The audit event could not be stored, so the operation it describes did not happen."""
+
+    slug, title = "audit-unavailable", "Audit trail unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The audit trail cannot record this request right now; nothing was changed or returned.",
+            {"Retry-After": "1"},
+        )
 
 
 def problem_response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, LargeBinary, MetaData, SmallInteger, String
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, MetaData, SmallInteger, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -77,3 +77,42 @@ class ApiKeyRecord(Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+AUDIT_ACTION_LENGTH = 16
+AUDIT_OUTCOME_LENGTH = 32
+AUDIT_REQUEST_ID_LENGTH = 128
+AUDIT_ADDRESS_LENGTH = 64
+AUDIT_USER_AGENT_LENGTH = 256
+
+
+class AuditEventRecord(Base):
+    """One audited operation, chained to the one before it by `link` (see audit.py)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(String(SUB_MAX_LENGTH), index=True)
+    client_id: Mapped[str | None] = mapped_column(String(SUB_MAX_LENGTH))
+    action: Mapped[str] = mapped_column(String(AUDIT_ACTION_LENGTH))
+    target: Mapped[str | None] = mapped_column(String(SUB_MAX_LENGTH), index=True)
+    outcome: Mapped[str] = mapped_column(String(AUDIT_OUTCOME_LENGTH))
+    key_version: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(AUDIT_REQUEST_ID_LENGTH))
+    client_address: Mapped[str | None] = mapped_column(String(AUDIT_ADDRESS_LENGTH))
+    user_agent: Mapped[str | None] = mapped_column(String(AUDIT_USER_AGENT_LENGTH))
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH))
+    link: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditHead(Base):
+    """One row: the chain's last sequence number and link, MACed so a rewound tail shows."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    link: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str | None] = mapped_column(String(KEY_ID_LENGTH))
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary)

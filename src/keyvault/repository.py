@@ -169,12 +169,13 @@ async def replace_record_if_current(
     return None if row is None else RecordState(*row)
 
 
-async def delete_record(session: AsyncSession, sub: str) -> bool:
+async def delete_record(session: AsyncSession, sub: str) -> int | None:
+    """The deleted key's version, or None when there was none."""
     result = await session.execute(
         delete(ApiKeyRecord).where(ApiKeyRecord.sub == sub).returning(ApiKeyRecord.version),
         execution_options=_NO_SYNC,
     )
-    return result.one_or_none() is not None
+    return result.scalar_one_or_none()
 
 
 async def count_records_by_key_id(session: AsyncSession) -> dict[str, int]:

@@ -95,3 +95,37 @@ class ProblemDetails(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class AuditEventRead(BaseModel):
+    """One audit event. It never holds a key, a ciphertext, a token or a request body."""
+
+    seq: int = Field(description="Position in the tamper-evident chain; newer events are higher.")
+    occurred_at: datetime
+    actor: str | None = Field(description="The caller's `sub`; empty when the token was refused.")
+    client_id: str | None = Field(description="The calling service (`client_id` or `azp`).")
+    action: str
+    target: str | None = Field(description="The `sub` whose key the request was about.")
+    outcome: str
+    key_version: int | None
+    request_id: str | None
+    client_address: str | None
+    user_agent: str | None
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventRead]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
+
+
+class AccessLogEntry(BaseModel):
+    occurred_at: datetime
+    actor: str | None = Field(description="Who used the key (their `sub`).")
+    client_id: str | None = Field(description="Through which service.")
+    action: str
+    outcome: str
+
+
+class AccessLogPage(BaseModel):
+    events: list[AccessLogEntry]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")

@@ -119,9 +119,12 @@ async def get_status(session: AsyncSession, sub: str) -> tuple[KeyStatus, str | 
     return _status(sub, state), etag_for(state)
 
 
-async def delete_api_key(session: AsyncSession, sub: str) -> None:
-    if not await repository.delete_record(session, sub):
+async def delete_api_key(session: AsyncSession, sub: str) -> int:
+    """Delete the key; returns the version it had."""
+    version = await repository.delete_record(session, sub)
+    if version is None:
         raise NotFound("This user has no API key.")
+    return version
 
 
 def last4_of(api_key: str) -> str:

@@ -1,0 +1,148 @@
+"""Reading the audit trail: `GET /audit` for auditors, and each owner's access log of their key.
+
+Both list newest first and page with an opaque cursor (the last sequence number seen), so a page
+is stable while new events keep arriving at the top.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Depends, Query
+
+from keyvault import audit_repository
+from keyvault.api import Session, _problems
+from keyvault.audit import Action, ChainedEvent, Outcome
+from keyvault.audit_repository import EventFilter
+from keyvault.auth import AuditReader, Principal, Scope, SubjectPath, require
+from keyvault.errors import InvalidRequest
+from keyvault.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+
+DEFAULT_PAGE: Final = 50
+MAX_PAGE: Final = 500
+
+router = APIRouter()
+
+# The owner sees their key's log with any api-key scope; others need users:any as well.
+LogReader = Annotated[Principal, Depends(require(Scope.read, Scope.write, Scope.delete))]
+Cursor = Annotated[
+    str | None, Query(description="`next_cursor` of the previous page.", max_length=64)
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
+
+
+@router.get(
+    "/audit",
+    response_model=AuditPage,
+    summary="Search the audit trail (scope audit:read), newest first",
+    tags=["audit"],
+    responses=_problems(401, 403, 422, 503),
+)
+async def search_audit(
+    caller: AuditReader,
+    session: Session,
+    sub: Annotated[str | None, Query(description="Target user's `sub`.", max_length=255)] = None,
+    actor: Annotated[str | None, Query(description="Caller's `sub`.", max_length=255)] = None,
+    action: Action | None = None,
+    outcome: Outcome | None = None,
+    since: Annotated[
+        datetime | None, Query(alias="from", description="From this time on (inclusive).")
+    ] = None,
+    until: Annotated[datetime | None, Query(alias="to", description="Before this time.")] = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> AuditPage:
+    where = EventFilter(
+        target=sub,
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        since=_utc(since),
+        until=_utc(until),
+    )
+    events, next_cursor = await _page(session, where, cursor, limit)
+    return AuditPage(
+        events=[AuditEventRead(seq=item.seq, **_fields(item)) for item in events],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get(
+    "/users/{sub:path}/api-key/access-log",
+    response_model=AccessLogPage,
+    summary="Who used this user's API key, and when (newest first)",
+    tags=["audit"],
+    responses=_problems(401, 403, 422, 503),
+)
+async def read_access_log(
+    sub: SubjectPath,
+    caller: LogReader,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> AccessLogPage:
+    events, next_cursor = await _page(session, EventFilter(target=sub), cursor, limit)
+    return AccessLogPage(
+        events=[
+            AccessLogEntry(
+                occurred_at=item.event.occurred_at,
+                actor=item.event.actor,
+                client_id=item.event.client_id,
+                action=item.event.action,
+                outcome=item.event.outcome,
+            )
+            for item in events
+        ],
+        next_cursor=next_cursor,
+    )
+
+
+async def _page(
+    session: Session, where: EventFilter, cursor: str | None, limit: int
+) -> tuple[list[ChainedEvent], str | None]:
+    before = _decode_cursor(cursor) if cursor is not None else None
+    events = await audit_repository.list_events(session, where, before, limit + 1)
+    if len(events) <= limit:
+        return events, None
+    page = events[:limit]
+    return page, _encode_cursor(page[-1].seq)
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        prefix, _, number = text.partition(":")
+        if prefix != "seq" or not number.isdigit():
+            raise ValueError
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("query.cursor: is not a cursor this service issued") from None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _fields(item: ChainedEvent) -> dict[str, object]:
+    event = item.event
+    return {
+        "occurred_at": event.occurred_at,
+        "actor": event.actor,
+        "client_id": event.client_id,
+        "action": event.action,
+        "target": event.target,
+        "outcome": event.outcome,
+        "key_version": event.key_version,
+        "request_id": event.request_id,
+        "client_address": event.client_address,
+        "user_agent": event.user_agent,
+    }

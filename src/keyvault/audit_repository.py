@@ -1,0 +1,181 @@
+"""Every SQL statement of the audit trail. Core statements only: the read path pays for each one.
+
+Appending serialises on the single `audit_head` row: the first statement of an append is an UPDATE
+of that row, which takes its row lock on Postgres (and the write lock on SQLite) until the
+transaction ends, so two writers can never both extend the chain from the same link.
+
+On Postgres the group commit first tries `append_after`: one statement, run on its own (autocommit),
+that extends the chain from the head the writer last saw — a compare-and-swap on the head row — and
+inserts the events only if the swap happened. One round trip instead of five; when another writer
+moved the head in between, nothing is written and the caller falls back to `append`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, cast
+
+from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from keyvault.audit import (
+    AuditEvent,
+    ChainedEvent,
+    ChainHead,
+    event_from_row,
+    head_mac,
+    link_events,
+)
+from keyvault.crypto import RootKey
+from keyvault.models import AuditEventRecord, AuditHead
+
+HEAD_ID: Final = 1
+_EVENTS = cast(Table, AuditEventRecord.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
+
+Executor = AsyncSession | AsyncConnection
+
+
+class ChainHeadMissingError(Exception):
+    def __init__(self) -> None:
+        super().__init__("the audit chain head row is missing")
+
+
+async def append(
+    executor: Executor, root: RootKey, key: bytes, events: Sequence[AuditEvent]
+) -> list[ChainedEvent]:
+    """Link `events` onto the chain and insert them, in the caller's transaction."""
+    claimed = await executor.execute(
+        update(_HEAD)
+        .where(_HEAD.c.id == HEAD_ID)
+        .values(seq=_HEAD.c.seq + len(events))
+        .returning(_HEAD.c.seq, _HEAD.c.link)
+    )
+    row = claimed.one_or_none()
+    if row is None:
+        raise ChainHeadMissingError()
+    last_seq, previous = row
+    chained = link_events(root, key, bytes(previous), last_seq - len(events) + 1, events)
+    await executor.execute(insert(_EVENTS), [item.row() for item in chained])
+    tail = chained[-1]
+    await executor.execute(
+        update(_HEAD)
+        .where(_HEAD.c.id == HEAD_ID)
+        .values(link=tail.link, key_id=root.key_id, mac=head_mac(key, tail.seq, tail.link))
+    )
+    return chained
+
+
+_APPEND_AFTER = text(
+    """
+    WITH head AS (
+        UPDATE audit_head SET seq = :seq, link = :link, key_id = :key_id, mac = :mac
+        WHERE id = :head_id AND seq = :expected_seq AND link = :expected_link
+        RETURNING 1
+    )
+    INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
+                              key_version, request_id, client_address, user_agent, key_id, link)
+    SELECT e.seq, e.occurred_at, e.actor, e.client_id, e.action, e.target, e.outcome,
+           e.key_version, e.request_id, e.client_address, e.user_agent, e.key_id,
+           decode(e.link, 'hex')
+    FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(
+        seq bigint, occurred_at timestamptz, actor text, client_id text, action text, target text,
+        outcome text, key_version integer, request_id text, client_address text, user_agent text,
+        key_id text, link text)
+    WHERE EXISTS (SELECT 1 FROM head)
+    """
+)
+
+
+async def append_after(
+    connection: AsyncConnection,
+    head: ChainHead,
+    root: RootKey,
+    key: bytes,
+    events: Sequence[AuditEvent],
+) -> list[ChainedEvent] | None:
+    """Postgres only, on an autocommit connection: link `events` after `head` in one statement.
+
+    None when the head has moved since (nothing was written). The statement is atomic on its own;
+    a concurrent writer holding the head row makes it wait, then find the head changed.
+    """
+    chained = link_events(root, key, head.link, head.seq + 1, events)
+    tail = chained[-1]
+    result = await connection.execute(
+        _APPEND_AFTER,
+        {
+            "seq": tail.seq,
+            "link": tail.link,
+            "key_id": root.key_id,
+            "mac": head_mac(key, tail.seq, tail.link),
+            "head_id": HEAD_ID,
+            "expected_seq": head.seq,
+            "expected_link": head.link,
+            "events": json.dumps([item.log_record() for item in chained]),
+        },
+    )
+    return chained if result.rowcount == len(chained) else None
+
+
+async def get_head(executor: Executor) -> ChainHead | None:
+    result = await executor.execute(
+        select(_HEAD.c.seq, _HEAD.c.link, _HEAD.c.key_id, _HEAD.c.mac).where(_HEAD.c.id == HEAD_ID)
+    )
+    row = result.one_or_none()
+    if row is None:
+        return None
+    return ChainHead(
+        row.seq, bytes(row.link), row.key_id, None if row.mac is None else bytes(row.mac)
+    )
+
+
+async def walk(executor: Executor, chunk: int = 1000) -> AsyncIterator[ChainedEvent]:
+    """Every event in sequence order, fetched a chunk at a time by keyset."""
+    after = None
+    while True:
+        statement = select(_EVENTS).order_by(_EVENTS.c.seq).limit(chunk)
+        if after is not None:
+            statement = statement.where(_EVENTS.c.seq > after)
+        rows = (await executor.execute(statement)).mappings().all()
+        for row in rows:
+            yield event_from_row(row)
+        if len(rows) < chunk:
+            return
+        after = rows[-1]["seq"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    target: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def list_events(
+    executor: Executor, where: EventFilter, before_seq: int | None, limit: int
+) -> list[ChainedEvent]:
+    """Newest first, at most `limit`, only events older than `before_seq` when given."""
+    statement = select(_EVENTS).order_by(_EVENTS.c.seq.desc()).limit(limit)
+    conditions = {
+        _EVENTS.c.target: where.target,
+        _EVENTS.c.actor: where.actor,
+        _EVENTS.c.action: where.action,
+        _EVENTS.c.outcome: where.outcome,
+    }
+    for column, value in conditions.items():
+        if value is not None:
+            statement = statement.where(column == value)
+    if where.since is not None:
+        statement = statement.where(_EVENTS.c.occurred_at >= where.since)
+    if where.until is not None:
+        statement = statement.where(_EVENTS.c.occurred_at < where.until)
+    if before_seq is not None:
+        statement = statement.where(_EVENTS.c.seq < before_seq)
+    rows = (await executor.execute(statement)).mappings().all()
+    return [event_from_row(row) for row in rows]
