@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint
+.PHONY: install run test lint bench
 
 $(BIN)/keyvault: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The benchmark (tests/perf/bench.py): needs wrk and a local Postgres; not part of `make test`.
+bench: install
+	$(BIN)/python -m tests.perf.bench $(BENCH_ARGS)
