@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         app.state.sessions = create_sessionmaker(engine)
+        app.state.engine = engine
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )

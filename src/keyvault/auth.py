@@ -22,6 +22,7 @@ from pydantic import AfterValidator
 
 from keyvault.config import Settings
 from keyvault.errors import Forbidden, Unauthorized
+from keyvault.token_cache import VerifiedTokenCache
 
 HS_ALGORITHM: Final = "HS256"
 SUB_MAX_LENGTH: Final = 255
@@ -51,8 +52,14 @@ class TokenVerifier:
         self._leeway = settings.jwt_leeway_seconds
         self._jwks_algorithms = list(settings.jwks_algorithms)
         self._jwks = jwks
+        self._verified: VerifiedTokenCache[Principal] = VerifiedTokenCache()
 
     async def verify(self, token: str) -> Principal:
+        # Callers reuse a token for many requests; one that already passed every check below is
+        # taken as verified until its own expiry (see token_cache for the exact rules).
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -86,7 +93,9 @@ class TokenVerifier:
             raise Unauthorized("The bearer token was issued by or for someone else.") from None
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is invalid.") from None
-        return _principal_from(claims)
+        principal = _principal_from(claims)
+        self._verified.put(token, principal, expires_at=float(claims["exp"]) + self._leeway)
+        return principal
 
 
 def _principal_from(claims: dict[str, Any]) -> Principal:

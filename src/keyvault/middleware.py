@@ -7,6 +7,7 @@ import re
 import uuid
 from contextvars import ContextVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -146,7 +147,10 @@ async def _respond_to_unexpected(
 
 
 def _is_database_outage(error: BaseException) -> bool:
-    if isinstance(error, OperationalError):
+    # The read path queries asyncpg directly (db.driver_connection), so its errors arrive unwrapped.
+    if isinstance(
+        error, (OperationalError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+    ):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True

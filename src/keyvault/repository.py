@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,13 +72,36 @@ async def add_verifier(session: AsyncSession, key_id: str, verifier: bytes, now:
     await session.flush()
 
 
-async def get_record(session: AsyncSession, sub: str) -> StoredRecord | None:
-    result = await session.execute(select(*_RECORD_COLUMNS).where(ApiKeyRecord.sub == sub))
-    row = result.one_or_none()
+# The read path's one statement, built once over the table's columns: a plain Core select skips
+# the ORM's per-execution compile step, and a prebuilt statement skips rebuilding its cache key.
+_api_keys = ApiKeyRecord.__table__.c
+_GET_RECORD = select(*(_api_keys[column.key] for column in _RECORD_COLUMNS)).where(
+    _api_keys.sub == bindparam("sub")
+)
+
+
+# The same statement for a bare asyncpg connection (see get_record).
+_GET_RECORD_SQL = (
+    f"SELECT {', '.join(column.key for column in _RECORD_COLUMNS)}"
+    f" FROM {ApiKeyRecord.__tablename__} WHERE sub = $1"
+)
+
+# What the read path queries: a session, or on Postgres the pooled asyncpg connection itself.
+Records = AsyncSession | Any
+
+
+async def get_record(records: Records, sub: str) -> StoredRecord | None:
+    if isinstance(records, AsyncSession):
+        row = (await records.execute(_GET_RECORD, {"sub": sub})).one_or_none()
+    else:
+        row = await records.fetchrow(_GET_RECORD_SQL, sub)
     if row is None:
         return None
-    sealed = SealedRecord(row.format_version, row.key_id, row.salt, row.nonce, row.ciphertext)
-    return StoredRecord(sealed, RecordState(row.last4, row.version, row.created_at, row.updated_at))
+    format_version, key_id, salt, nonce, ciphertext, last4, version, created_at, updated_at = row
+    sealed = SealedRecord(format_version, key_id, salt, nonce, ciphertext)
+    # asyncpg already gives aware datetimes; astimezone keeps both paths' values identical (UTC).
+    state = RecordState(last4, version, created_at.astimezone(UTC), updated_at.astimezone(UTC))
+    return StoredRecord(sealed, state)
 
 
 async def get_state(session: AsyncSession, sub: str) -> RecordState | None:
@@ -87,21 +110,40 @@ async def get_state(session: AsyncSession, sub: str) -> RecordState | None:
     return None if row is None else RecordState(*row)
 
 
+# Written as SQL because SQLAlchemy cannot cache ON CONFLICT constructs: built with insert()
+# it was compiled afresh on every PUT, most of the request's CPU time. Postgres and SQLite (3.35+)
+# share this syntax; the bind and result types are the table's, so timestamps and bytes are
+# handled exactly as everywhere else.
+_UPSERT = (
+    text(
+        f"INSERT INTO {ApiKeyRecord.__tablename__} (sub, format_version, key_id, salt, nonce,"
+        " ciphertext, last4, version, created_at, updated_at)"
+        " VALUES (:sub, :format_version, :key_id, :salt, :nonce, :ciphertext, :last4, 1,"
+        " :now, :now)"
+        " ON CONFLICT (sub) DO UPDATE SET format_version = excluded.format_version,"
+        " key_id = excluded.key_id, salt = excluded.salt, nonce = excluded.nonce,"
+        " ciphertext = excluded.ciphertext, last4 = excluded.last4,"
+        f" updated_at = excluded.updated_at, version = {ApiKeyRecord.__tablename__}.version + 1"
+        f" RETURNING {', '.join(column.key for column in _STATE_COLUMNS)}"
+    )
+    .bindparams(
+        *(
+            bindparam(name, type_=_api_keys[name].type)
+            for name in ("sub", "format_version", "key_id", "salt", "nonce", "ciphertext", "last4")
+        ),
+        bindparam("now", type_=_api_keys.updated_at.type),
+    )
+    .columns(*(_api_keys[column.key] for column in _STATE_COLUMNS))
+)
+
+
 async def upsert_record(
     session: AsyncSession, sub: str, sealed: SealedRecord, last4: str, now: datetime
 ) -> RecordState:
     """Create with version 1, or replace and bump the version, in one atomic statement."""
-    insert = _dialect_insert(session)
-    statement = (
-        insert(ApiKeyRecord)
-        .values(sub=sub, version=1, created_at=now, **_sealed_values(sealed, last4, now))
-        .on_conflict_do_update(
-            index_elements=[ApiKeyRecord.sub],
-            set_={**_sealed_values(sealed, last4, now), "version": ApiKeyRecord.version + 1},
-        )
-        .returning(*_STATE_COLUMNS)
-    )
-    row = (await session.execute(statement)).one()
+    values = _sealed_values(sealed, last4, now)
+    del values["updated_at"]
+    row = (await session.execute(_UPSERT, {"sub": sub, "now": now, **values})).one()
     return RecordState(*row)
 
 

@@ -147,6 +147,12 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used: per request, a figure other load cannot inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pinned_load(argv: list[str], env: dict[str, str], timeout: float) -> str:
     completed = subprocess.run(
         ["taskset", "-c", LOAD_CPU, *argv],
@@ -177,10 +183,13 @@ def wrk(
         str(LUA),
         f"http://{HOST}:{server.port}",
     ]
+    cpu_before = cpu_seconds(server.pid)
     output = pinned_load(argv, env, timeout=seconds + 60)
+    cpu_used = cpu_seconds(server.pid) - cpu_before
     line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
     result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["server_cpu_us_per_request"] = cpu_used * 1e6 / max(result["requests"], 1)
     result["client"] = f"wrk -t1 -c{connections} -d{seconds}s (closed loop)"
     failed = sum(result["errors"].values())
     if failed:
@@ -191,7 +200,10 @@ def wrk(
 def open_loop(server: Server, mode: str, token: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "BENCH_TOKEN": token, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "tests.perf.open_loop", mode, "--port", str(server.port), *args]
+    cpu_before = cpu_seconds(server.pid)
     result: dict[str, Any] = json.loads(pinned_load(argv, env, timeout=600))
+    cpu_used = cpu_seconds(server.pid) - cpu_before
+    result["server_cpu_us_per_request"] = cpu_used * 1e6 / max(result["requests"], 1)
     if set(result["statuses"]) != {"200"} or result.get("failures"):
         raise RuntimeError(f"{server.name} open loop: unexpected answers {result['statuses']}")
     return result
@@ -394,6 +406,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "ceiling_rps": round(base_rps),
             "ceiling_p50_ms": round(base["p50_us"] / 1000, 2),
             "ceiling_p99_ms": round(base["p99_us"] / 1000, 2),
+            "cpu_us": round(mine["server_cpu_us_per_request"]),
+            "ceiling_cpu_us": round(base["server_cpu_us_per_request"]),
             "rps_ratio": ratio(rps, base_rps),
             "p99_ratio": ratio(mine["p99_us"], base["p99_us"]),
         }
@@ -422,14 +436,18 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "first_over_warm <= 1.2": summary["first_over_warm"] <= 1.2,
         "peak_rss_mb < 150": summary["peak_rss_mb"] < 150,
     }
-    header = f"{'':28} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} | {'ceiling':>7} {'p50 ms':>7} {'p99 ms':>7} | {'rps x':>6} {'p99 x':>6}"
+    header = (
+        f"{'':28} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu µs':>7} | {'ceiling':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu µs':>7} | {'rps x':>6} {'p99 x':>6}"
+    )
     print()
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['measure']:28} {r['rps']:>7} {r['p50_ms']:>7} {r['p99_ms']:>7} | "
-            f"{r['ceiling_rps']:>7} {r['ceiling_p50_ms']:>7} {r['ceiling_p99_ms']:>7} | "
+            f"{r['measure']:28} {r['rps']:>7} {r['p50_ms']:>7} {r['p99_ms']:>7} {r['cpu_us']:>7} | "
+            f"{r['ceiling_rps']:>7} {r['ceiling_p50_ms']:>7} {r['ceiling_p99_ms']:>7} "
+            f"{r['ceiling_cpu_us']:>7} | "
             f"{r['rps_ratio']:>6} {r['p99_ratio']:>6}"
         )
     print()
@@ -490,8 +508,8 @@ def _git_describe() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="keyvault against a bare FastAPI+asyncpg ceiling")
     parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--duration", type=int, default=10.0, help="seconds per measured run")
-    parser.add_argument("--warmup", type=int, default=3.0, help="seconds of warm-up per app")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per app")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()

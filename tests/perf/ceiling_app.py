@@ -19,7 +19,7 @@ import asyncpg
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-# The same pool size as SQLAlchemy's default (5 + 10 overflow), so neither side waits on a pool.
+# The same pool size as the service (keyvault.db.DEFAULT_POOL_SIZE, no overflow).
 POOL_SIZE = 15
 
 SELECT = "SELECT sub, last4, version, created_at, updated_at, ciphertext FROM ceiling_api_keys WHERE sub = $1"
