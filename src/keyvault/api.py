@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response, status
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault import repository, service
 from keyvault.auth import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.crypto import Keyring
-from keyvault.db import driver_connection, session_scope
+from keyvault.db import session_scope
 from keyvault.errors import ServiceUnavailable
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
 from keyvault.service import Precondition
@@ -25,16 +25,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_records(request: Request) -> AsyncIterator[repository.Records]:
-    """What the read path queries: on Postgres the pooled asyncpg connection itself (see
-    db.driver_connection), elsewhere an ordinary session."""
-    engine: AsyncEngine = request.app.state.engine
-    if engine.dialect.name == "postgresql":
-        async with driver_connection(engine) as connection:
-            yield connection
-    else:
-        async with session_scope(request.app.state.sessions) as session:
-            yield session
+async def get_record_reader(request: Request) -> repository.RecordReader:
+    reader: repository.RecordReader = request.app.state.record_reader
+    return reader
 
 
 # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop on every request.
@@ -45,8 +38,8 @@ async def get_keyring(request: Request) -> Keyring:
 
 # scope="function": commit before the response is sent, so a failed commit is never reported as 2xx.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
-# For the hottest route, whose service call is a single SELECT.
-Records = Annotated[repository.Records, Depends(get_records, scope="function")]
+# The hottest route's one SELECT holds a connection only while it runs (see RecordReader).
+Records = Annotated[repository.RecordReader, Depends(get_record_reader)]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
 
 

@@ -15,6 +15,7 @@ from keyvault.db import create_engine, create_sessionmaker
 from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
+from keyvault.repository import RecordReader
 
 DESCRIPTION = """\
 Keeps each user's third-party API key encrypted at rest (AES-256-GCM, bound to its owner) and
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         app.state.sessions = create_sessionmaker(engine)
-        app.state.engine = engine
+        app.state.record_reader = RecordReader(engine, app.state.sessions)
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )

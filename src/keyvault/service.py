@@ -71,9 +71,9 @@ async def put_api_key(
 
 
 async def get_api_key(
-    records: repository.Records, keyring: Keyring, sub: str
+    records: repository.RecordReader, keyring: Keyring, sub: str
 ) -> tuple[ApiKeyRead, str]:
-    record = await repository.get_record(records, sub)
+    record = await records.get_record(sub)
     if record is None:
         raise NotFound("This user has no API key.")
     try:
