@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from sqlalchemy import text
@@ -62,5 +64,26 @@ async def test_busy_connection_killed_under_it_fails_once_then_the_pool_recovers
             await _backend_pid(engine)
         assert failure.value.connection_invalidated  # what the API answers 503 + Retry-After for
         assert await _backend_pid(engine) != killed
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_pool_stays_usable_after_a_driver_connection_query_is_cut_off(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
+
+    async def slow_query() -> None:
+        async with db.driver_connection(engine) as connection:
+            await connection.fetchval("SELECT pg_sleep(5)")
+
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow_query(), timeout=0.2)
+
+        async with db.driver_connection(engine) as connection:
+            # asyncpg cancels the cut-off statement itself; the pooled connection stays good.
+            assert await connection.fetchval("SELECT 42") == 42
     finally:
         await engine.dispose()

@@ -9,7 +9,7 @@ What it does, all on 127.0.0.1 and all undone on exit (also on Ctrl-C or an erro
   2. starts `keyvault serve` and the ceiling under uvicorn, each one worker pinned to CPU 0, and runs
      every load generator pinned to CPU 1;
   3. closed loop (wrk + tests/perf/load.lua, random users, bearer token): max requests/s and
-     latency for GET and PUT on both apps;
+     latency for GET and PUT on both apps, in rounds that alternate the apps (medians reported);
   4. open loop (tests/perf/open_loop.py, fixed rate, latency from each request's due time): GET on
      both apps at the same rate, half the service's closed-loop maximum;
   5. restarts the service and reads every user once, then again: first read after a restart
@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -367,19 +368,40 @@ def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
     print("bench: warming up", flush=True)
     for server in (ceiling, keyvault):
         wrk(server, "GET", users, token, args.warmup, conns)
-    for method in ("GET", "PUT"):
-        for server in (ceiling, keyvault):
-            print(f"bench: closed loop {method} {server.name}", flush=True)
-            results[f"{server.name}_{method.lower()}_max"] = wrk(
-                server, method, users, token, seconds, conns
-            )
+    # Rounds alternate the two apps, so that a change in the machine's other load weighs on both
+    # alike; each figure is the median over rounds, and the per-round ratios are kept in the JSON.
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for round_number in range(1, args.rounds + 1):
+        for method in ("GET", "PUT"):
+            for server in (ceiling, keyvault):
+                print(f"bench: round {round_number} closed loop {method} {server.name}", flush=True)
+                key = f"{server.name}_{method.lower()}_max"
+                rounds.setdefault(key, []).append(wrk(server, method, users, token, seconds, conns))
+    for key, runs in rounds.items():
+        results[key] = {
+            **{
+                figure: statistics.median(run[figure] for run in runs)
+                for figure in ("rps", "p50_us", "p90_us", "p99_us", "server_cpu_us_per_request")
+            },
+            "client": runs[0]["client"],
+            "rounds": runs,
+        }
+    for method in ("get", "put"):
+        service_runs, ceiling_runs = (
+            rounds[f"service_{method}_max"],
+            rounds[f"ceiling_{method}_max"],
+        )
+        results[f"{method}_rps_ratio_per_round"] = [
+            ratio(mine["rps"], base["rps"])
+            for mine, base in zip(service_runs, ceiling_runs, strict=True)
+        ]
 
     rate = round(results["service_get_max"]["rps"] * 0.5)
     for server in (ceiling, keyvault):
         print(f"bench: open loop GET {server.name} at {rate}/s", flush=True)
         results[f"{server.name}_get_half"] = open_loop(
             server, "rate", token, "--users", str(users), "--rate", str(rate),
-            "--duration", str(seconds),
+            "--duration", str(seconds * 2),
         )  # fmt: skip
     results["service_peak_rss_mb"] = peak_rss_mb(keyvault.pid)
 
@@ -411,10 +433,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "ceiling_p99_ms": round(base["p99_us"] / 1000, 2),
             "cpu_us": round(mine["server_cpu_us_per_request"]),
             "ceiling_cpu_us": round(base["server_cpu_us_per_request"]),
-            "rps_ratio": ratio(rps, base_rps),
+            # Closed loop: the median of the per-round ratios, each round measuring both apps
+            # back to back; open loop: one run each.
+            "rps_ratio": _median_ratio(mine, base, "rps")
+            if "rounds" in mine
+            else ratio(rps, base_rps),
             # What the rps ratio would be on a core of its own: CPU per request, inverted.
-            "cpu_ratio": ratio(
-                base["server_cpu_us_per_request"], mine["server_cpu_us_per_request"]
+            "cpu_ratio": (
+                round(1 / _median_ratio(mine, base, "server_cpu_us_per_request"), 3)
+                if "rounds" in mine
+                else ratio(base["server_cpu_us_per_request"], mine["server_cpu_us_per_request"])
             ),
             "p99_ratio": ratio(mine["p99_us"], base["p99_us"]),
         }
@@ -461,6 +489,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         f"first read after restart: median {summary['first_read_median_ms']} ms, warm "
         f"{summary['warm_read_median_ms']} ms ({summary['first_over_warm']}x)"
     )
+    print(
+        "GET / PUT requests/s ratio per round: "
+        f"{results['get_rps_ratio_per_round']} / {results['put_rps_ratio_per_round']}"
+    )
     print(f"machine load average (1/5/15 min) at the end: {os.getloadavg()}")
     print(f"service worker peak RSS (VmHWM): {summary['peak_rss_mb']} MB with {args.users} users")
     print(f"rotation rewrap rate: SKIPPED — {results['rotation'].get('skipped', 'see JSON')}"
@@ -483,6 +515,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "users": args.users,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "connections": args.connections,
             "server_cpu": SERVER_CPU,
             "load_cpu": LOAD_CPU,
@@ -493,6 +526,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "targets": targets,
         "raw": results,
     }
+
+
+def _median_ratio(mine: dict[str, Any], base: dict[str, Any], figure: str) -> float:
+    pairs = zip(mine["rounds"], base["rounds"], strict=True)
+    return round(statistics.median(ratio(one[figure], other[figure]) for one, other in pairs), 3)
 
 
 def _cpu_model() -> str:
@@ -517,7 +555,8 @@ def _git_describe() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="keyvault against a bare FastAPI+asyncpg ceiling")
     parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds per app")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per app")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
