@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint lock
+.PHONY: install run test lint lock bench
 
 # Pinned, hash-checked versions first (reproducible, no resolver run); then the project itself.
 # `-e '.[dev]'` finds nothing left to install unless pyproject.toml gained a dependency the lock
@@ -45,3 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The benchmark (tests/perf/bench.py): needs wrk and a local Postgres; not part of `make test`.
+bench: install
+	$(BIN)/python -m tests.perf.bench $(BENCH_ARGS)

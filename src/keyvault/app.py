@@ -19,6 +19,7 @@ from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 from keyvault.ratelimit import AddressRateLimit, RateLimiter
+from keyvault.repository import RecordReader
 from keyvault.stepup import StepUpPolicy
 from keyvault.telemetry import RequestTelemetry
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
         engine = create_engine(settings.database_url, timeouts)
         app.state.sessions = create_sessionmaker(engine)
         app.state.record_counts = metrics.RecordCounts(app.state.sessions)
+        app.state.record_reader = RecordReader(engine, app.state.sessions)
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )

@@ -24,6 +24,7 @@ from keyvault import metrics
 from keyvault.config import Settings
 from keyvault.errors import Forbidden, Unauthorized
 from keyvault.stepup import StepUpPolicy
+from keyvault.token_cache import VerifiedTokenCache
 
 HS_ALGORITHM: Final = "HS256"
 SUB_MAX_LENGTH: Final = 255
@@ -59,8 +60,14 @@ class TokenVerifier:
         self._leeway = settings.jwt_leeway_seconds
         self._jwks_algorithms = list(settings.jwks_algorithms)
         self._jwks = jwks
+        self._verified: VerifiedTokenCache[Principal] = VerifiedTokenCache()
 
     async def verify(self, token: str) -> Principal:
+        # Callers reuse a token for many requests; one that already passed every check below is
+        # taken as verified until its own expiry (see token_cache for the exact rules).
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -106,7 +113,9 @@ class TokenVerifier:
             raise Unauthorized("The bearer token is invalid.", reason="malformed") from None
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is invalid.") from None
-        return _principal_from(claims)
+        principal = _principal_from(claims)
+        self._verified.put(token, principal, expires_at=float(claims["exp"]) + self._leeway)
+        return principal
 
 
 def _principal_from(claims: dict[str, Any]) -> Principal:

@@ -7,6 +7,7 @@ import re
 import uuid
 from contextvars import ContextVar
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -164,7 +165,16 @@ async def _respond_to_unexpected(
 
 
 def _is_database_outage(error: BaseException) -> bool:
-    if isinstance(error, (OperationalError, PoolTimeoutError)):
+    # The read path queries asyncpg directly (db.driver_connection), so its errors arrive unwrapped.
+    if isinstance(
+        error,
+        (
+            OperationalError,
+            PoolTimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+        ),
+    ):
         return True
     if isinstance(error, DBAPIError):
         return error.connection_invalidated or _is_outage_sqlstate(error.orig)

@@ -70,8 +70,10 @@ async def put_api_key(
     return WriteResult(_status(sub, state), etag_for(state), created=state.version == 1)
 
 
-async def get_api_key(session: AsyncSession, keyring: Keyring, sub: str) -> tuple[ApiKeyRead, str]:
-    record = await repository.get_record(session, sub)
+async def get_api_key(
+    records: repository.RecordReader, keyring: Keyring, sub: str
+) -> tuple[ApiKeyRead, str]:
+    record = await records.get_record(sub)
     if record is None:
         raise NotFound("This user has no API key.")
     try:

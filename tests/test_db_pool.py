@@ -1,0 +1,89 @@
+"""The pool pings only connections that sat idle, and recovers from one killed under it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyvault import db
+from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_dsn
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        pid: int = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        return pid
+
+
+async def _terminate(pid: int) -> None:
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+    try:
+        # The timeout makes the call wait until the backend is gone.
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def postgres_only(backend: str) -> None:
+    if backend != "postgres":
+        pytest.skip("pings and killed backends are a Postgres matter")
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_idle_connection_that_went_stale_is_replaced_before_use(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every pooled connection counts as idle
+    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        stale = await _backend_pid(engine)
+        await _terminate(stale)
+
+        assert await _backend_pid(engine) != stale
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_busy_connection_killed_under_it_fails_once_then_the_pool_recovers(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)  # recently used: no ping
+    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        killed = await _backend_pid(engine)
+        await _terminate(killed)
+
+        with pytest.raises(DBAPIError) as failure:
+            await _backend_pid(engine)
+        assert failure.value.connection_invalidated  # what the API answers 503 + Retry-After for
+        assert await _backend_pid(engine) != killed
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_pool_stays_usable_after_a_driver_connection_query_is_cut_off(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
+
+    async def slow_query() -> None:
+        async with db.driver_connection(engine) as connection:
+            await connection.fetchval("SELECT pg_sleep(5)")
+
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow_query(), timeout=0.2)
+
+        async with db.driver_connection(engine) as connection:
+            # asyncpg cancels the cut-off statement itself; the pooled connection stays good.
+            assert await connection.fetchval("SELECT 42") == 42
+    finally:
+        await engine.dispose()
