@@ -1,7 +1,7 @@
 """What auditing every read costs: GET /users/{sub}/api-key with and without the audit trail,
 against a bare FastAPI + asyncpg endpoint reading the same row, in the same run.
 
-    .venv/bin/python bench/audit_overhead.py [--rounds 3] [--seconds 5] [--connections 32]
+    .venv/bin/python -m tests.perf.audit_overhead [--rounds 3] [--seconds 5] [--connections 32]
 
 Needs Postgres (KEYVAULT_TEST_POSTGRES_URL or postgresql://root@127.0.0.1:5432/postgres) and `wrk`.
 Creates a throw-away database, starts three single-worker servers on free ports, runs wrk against
@@ -34,7 +34,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUB = "bench-user"
 MASTER_KEY = "bench-master-key-0123456789-abcdefghijklmnop"
 JWT_SECRET = "bench-jwt-secret-0123456789-abcdefghijklmnop"
@@ -68,35 +68,15 @@ def baseline_app() -> FastAPI:
     return app
 
 
-def _pool_size_from_environment() -> None:
-    """--pool-size: keyvault's request pool sized like the baseline's (no overflow churn)."""
-    size = os.environ.get("BENCH_POOL_SIZE")
-    if not size:
-        return
-    from keyvault import db
-
-    original = db.create_async_engine
-
-    def sized(url: Any, **kwargs: Any) -> Any:
-        if not str(url).startswith("sqlite"):
-            kwargs.update(pool_size=int(size), max_overflow=0)
-        return original(url, **kwargs)
-
-    db.create_async_engine = sized
-
-
 def keyvault_app() -> Any:
     from keyvault.app import create_app
 
-    _pool_size_from_environment()
     return create_app()
 
 
 def keyvault_app_without_audit() -> Any:
     from keyvault import audit_trail
     from keyvault.app import create_app
-
-    _pool_size_from_environment()
 
     def not_recorded(self: audit_trail.RequestAudit, *, key_version: int | None) -> None:
         self.recorded = True
@@ -142,7 +122,7 @@ def _start(factory: str, port: int, env: dict[str, str], log: Path) -> subproces
         "-c",
         "import logging, uvicorn; logging.basicConfig(level=logging.INFO);"
         f" uvicorn.run({factory!r}, factory=True, host='127.0.0.1', port={port},"
-        " access_log=False, log_config=None, app_dir=" + repr(str(ROOT / "bench")) + ")",
+        " access_log=False, log_config=None, app_dir=" + repr(str(ROOT / "tests" / "perf")) + ")",
     ]
     with log.open("ab") as sink:
         return subprocess.Popen(command, env=env, stdout=sink, stderr=sink, cwd=ROOT)
@@ -191,9 +171,6 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--pool-size", type=int, default=0, help="keyvault request pool size (0: as configured)"
-    )
     args = parser.parse_args()
 
     name = f"keyvault_bench_{uuid.uuid4().hex[:10]}"
@@ -212,13 +189,12 @@ async def main() -> None:
             "MASTER_ENCRYPTION_KEY": MASTER_KEY,
             "KEYVAULT_DATABASE_URL": database_url,
             "KEYVAULT_JWT_SECRET": JWT_SECRET,
-            "BENCH_POOL_SIZE": str(args.pool_size or ""),
         }
         from keyvault.auth import mint_token
         from keyvault.config import Settings
 
         token = mint_token(
-            Settings(_env_file=None, jwt_secret=JWT_SECRET, database_url=database_url),  # type: ignore[call-arg]
+            Settings(_env_file=None, jwt_secret=JWT_SECRET, database_url=database_url),
             SUB,
             "api-key:read",
             3600,
@@ -244,7 +220,7 @@ async def main() -> None:
                 rates[label].append(rate)
                 p50s[label].append(p50)
         baseline = statistics.median(rates["bare FastAPI+asyncpg"])
-        pool = f"pool {args.pool_size}" if args.pool_size else "pool as configured"
+        pool = "pool as configured"
         print(
             f"GET, {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.connections},"
             f" Postgres, keyvault {pool}"
