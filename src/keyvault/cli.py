@@ -131,7 +131,7 @@ def migrate() -> None:
     master_key = settings.master_key()
     asyncio.run(_check_existing_master_key(settings, master_key))
     upgrade_to_head(settings.database_url)
-    asyncio.run(_unlock(settings, master_key, require_head=True))
+    asyncio.run(_check_unlocks(settings))
     typer.echo("database is at the latest schema; master key verified")
 
 
@@ -166,7 +166,7 @@ def serve(
     settings = load_settings()
     log_config = logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
-    asyncio.run(_unlock(settings, settings.master_key(), require_head=True))
+    asyncio.run(_check_unlocks(settings))
     _exit_cleanly_after_sigterm()
     with multiprocess_metrics(workers):
         uvicorn.run(
@@ -205,7 +205,7 @@ def token(
 def audit_verify() -> None:
     """Walk the audit chain; exit 1 naming the first event that was edited, inserted or removed."""
     settings = load_settings()
-    result = asyncio.run(_verify_audit(settings, settings.master_key()))
+    result = asyncio.run(_verify_audit(settings))
     if not result.intact:
         _fail(
             f"audit chain broken at event {result.first_bad_seq}: {result.problem} "
@@ -214,25 +214,15 @@ def audit_verify() -> None:
     typer.echo(f"audit chain intact: {result.events_checked} events verified")
 
 
-async def _verify_audit(settings: Settings, master_key: str) -> Verification:
-    engine = create_engine(settings.database_url)
-    try:
-        if not await is_at_head(engine, settings.database_url):
-            raise SchemaNotReadyError()
-        keyring = await unlock(
-            create_sessionmaker(engine),
-            master_key,
-            iterations_for_new=settings.kdf_iterations,
-            previous=settings.previous_master_keys(),
-        )
+async def _verify_audit(settings: Settings) -> Verification:
+    async with _unlocked(settings) as (sessions, keyring):
+        engine = sessions.kw["bind"]
         async with engine.connect() as connection:
             if engine.dialect.name == "postgresql":
                 # One snapshot: events and head as of one moment while the service keeps writing.
                 connection = await connection.execution_options(isolation_level="REPEATABLE READ")
             async with connection.begin():
                 return await verify_stored_chain(connection, keyring)
-    finally:
-        await engine.dispose()
 
 
 async def _check_existing_master_key(settings: Settings, master_key: str) -> None:
@@ -257,19 +247,10 @@ async def _has_deployment(engine: AsyncEngine) -> bool:
         )
 
 
-async def _unlock(settings: Settings, master_key: str, *, require_head: bool) -> None:
-    engine = create_engine(settings.database_url)
-    try:
-        if require_head and not await is_at_head(engine, settings.database_url):
-            raise SchemaNotReadyError()
-        await unlock(
-            create_sessionmaker(engine),
-            master_key,
-            iterations_for_new=settings.kdf_iterations,
-            previous=settings.previous_master_keys(),
-        )
-    finally:
-        await engine.dispose()
+async def _check_unlocks(settings: Settings) -> None:
+    """The schema is current and the configured master keys open this deployment."""
+    async with _unlocked(settings):
+        pass
 
 
 def _exit_cleanly_after_sigterm() -> None:
