@@ -193,8 +193,13 @@ def wrk(
     result["server_cpu_us_per_request"] = cpu_used * 1e6 / max(result["requests"], 1)
     result["client"] = f"wrk -t1 -c{connections} -d{seconds}s (closed loop)"
     failed = sum(result["errors"].values())
-    if failed:
+    result["failed"] = failed
+    # At saturation the service sheds the odd request with a fast 503 (its 0.5 s pool wait);
+    # a few are reported with the figures; more than one in a hundred invalidates the run.
+    if failed > result["requests"] / 100:
         raise RuntimeError(f"{server.name} {method}: {failed} failed requests {result['errors']}")
+    if failed:
+        print(f"bench: {server.name} {method}: {failed} non-2xx answers {result['errors']}")
     return result
 
 
