@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from keyvault.crypto import MIN_KDF_ITERATIONS
 from tests.conftest import JWT_SECRET, MASTER_KEY
 
 WRONG_KEY = "a-different-master-key-0123456789-abcdefgh"
@@ -166,3 +168,64 @@ def test_missing_master_key_is_one_line(tmp_path: Path) -> None:
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     env = service_env("postgresql://root@127.0.0.1:1/nothing")
     assert_one_line_failure(keyvault("migrate", cwd=tmp_path, env=env), "database")
+
+
+async def _database_at_first_revision(database_url: str, master_key: str) -> None:
+    """A deployment made by the first schema revision, before any later migration existed."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from keyvault.crypto import RootKey, new_deployment_salt
+    from keyvault.db import create_engine
+    from keyvault.migrations import alembic_config
+
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0001")
+    salt = new_deployment_salt()
+    root = RootKey.derive(master_key, salt, MIN_KDF_ITERATIONS)
+    now = datetime.now(UTC)
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("INSERT INTO deployment VALUES (1, :salt, :iterations, :now)"),
+                {"salt": salt, "iterations": MIN_KDF_ITERATIONS, "now": now},
+            )
+            await connection.execute(
+                text("INSERT INTO master_key_verifiers VALUES (:key_id, :verifier, :now)"),
+                {"key_id": root.key_id, "verifier": root.verifier(), "now": now},
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _schema_revision(database_url: str) -> str:
+    from sqlalchemy import text
+
+    from keyvault.db import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            return str(await connection.scalar(text("SELECT version_num FROM alembic_version")))
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_upgrades_a_database_from_the_first_revision(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    await _database_at_first_revision(empty_database_url, MASTER_KEY)
+
+    wrong = await asyncio.to_thread(
+        keyvault, "migrate", cwd=tmp_path, env=service_env(empty_database_url, WRONG_KEY)
+    )
+    assert_one_line_failure(wrong, "does not match")
+    assert await _schema_revision(empty_database_url) == "0001"
+
+    right = await asyncio.to_thread(
+        keyvault, "migrate", cwd=tmp_path, env=service_env(empty_database_url)
+    )
+    assert right.returncode == 0, right.stderr
+    assert await _schema_revision(empty_database_url) != "0001"

@@ -30,7 +30,7 @@ from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, 
 from keyvault.crypto import Keyring
 from keyvault.db import create_engine, create_sessionmaker
 from keyvault.logs import logging_config
-from keyvault.master_keys import MasterKeyMismatchError, unlock
+from keyvault.master_keys import MasterKeyMismatchError, check_before_migration, unlock
 from keyvault.metrics import MULTIPROCESS_DIR_VARIABLE
 from keyvault.migrations import is_at_head, upgrade_to_head
 from keyvault.seed_crypto import SEED_ITERATIONS
@@ -230,11 +230,8 @@ async def _check_existing_master_key(settings: Settings, master_key: str) -> Non
     engine = create_engine(settings.database_url)
     try:
         if await _has_deployment(engine):
-            await unlock(
-                create_sessionmaker(engine),
-                master_key,
-                iterations_for_new=settings.kdf_iterations,
-                previous=settings.previous_master_keys(),
+            await check_before_migration(
+                create_sessionmaker(engine), master_key, settings.previous_master_keys()
             )
     finally:
         await engine.dispose()

@@ -55,6 +55,27 @@ async def unlock(
         return await _unlock_once(sessions, master_key, iterations_for_new, previous)
 
 
+async def check_before_migration(
+    sessions: async_sessionmaker[AsyncSession], master_key: str, previous: tuple[str, ...] = ()
+) -> None:
+    """Refuse a master key this database does not know, before any migration runs; write nothing.
+
+    It reads only what the first schema revision already had (the deployment row and the
+    verifiers), so it works on a database of any age; `unlock` after the upgrade applies the
+    full rules (retired keys, rotation).
+    """
+    async with sessions() as session:
+        deployment = await repository.get_deployment(session)
+        if deployment is None:
+            return
+        verifiers = await repository.list_verifiers(session)
+    roots = await derive_all(
+        (master_key, *previous), deployment.kdf_salt, deployment.kdf_iterations
+    )
+    if not any(root.matches(verifiers.get(root.key_id, b"")) for root in roots):
+        raise MasterKeyMismatchError()
+
+
 async def derive_all(
     master_keys: tuple[str, ...], salt: bytes, iterations: int
 ) -> tuple[RootKey, ...]:
