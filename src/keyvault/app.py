@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.middleware import Middleware
+from starlette.types import Receive, Scope, Send
 
 from keyvault import api, audit_api, metrics, rotation
 from keyvault.audit_trail import AuditTrail, install_audit_recording
@@ -19,6 +23,7 @@ from keyvault.errors import install_error_handlers
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 from keyvault.ratelimit import AddressRateLimit, RateLimiter
+from keyvault.read_path import ReadPath
 from keyvault.repository import RecordReader
 from keyvault.stepup import StepUpPolicy
 from keyvault.telemetry import RequestTelemetry
@@ -34,8 +39,24 @@ Scopes: `api-key:read`, `api-key:write`, `api-key:delete` act on the token's own
 """
 
 
-def create_app(settings: Settings | None = None, keyring: Keyring | None = None) -> FastAPI:
-    """The service. `keyring` lets tests skip re-deriving the root key for every app they build."""
+class KeyvaultApp(FastAPI):
+    """The FastAPI app, with the key read's short path (keyvault.read_path) in front of it."""
+
+    read_path: ReadPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.read_path is None or not await self.read_path.serve(scope, receive, send):
+            await super().__call__(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None,
+    keyring: Keyring | None = None,
+    *,
+    short_read_path: bool = True,
+) -> KeyvaultApp:
+    """The service. `keyring` lets tests skip re-deriving the root key for every app they build;
+    `short_read_path=False` sends every read through FastAPI, for tests comparing the two."""
     settings = settings or get_settings()
     rate_limiter = RateLimiter.from_settings(settings)
 
@@ -93,14 +114,25 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
                 await jwks.aclose()
             await engine.dispose()
 
+    # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
+    # RequestId so its log line carries the request id. ReadPath wraps its endpoint in these too.
+    edge = [
+        Middleware(RequestId),
+        Middleware(RequestTelemetry),
+        Middleware(SecurityHeaders),
+        Middleware(AddressRateLimit, limiter=rate_limiter),
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        Middleware(LastResortErrors),
+    ]
     # docs_url/redoc_url None: FastAPI's own pages load from CDNs; docs.py serves /docs locally.
-    app = FastAPI(
+    app = KeyvaultApp(
         title="keyvault",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        middleware=edge,
     )
     app.state.rate_limiter = rate_limiter
     app.state.metrics_token = settings.metrics_token
@@ -112,12 +144,13 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
     install_docs(app)
     install_error_handlers(app)
     install_audit_recording(app)
-    # Outermost last. Telemetry sits outside everything that can answer (429, 413, 503), and
-    # inside RequestId so its log line carries the request id.
-    app.add_middleware(LastResortErrors)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AddressRateLimit, limiter=rate_limiter)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestTelemetry)
-    app.add_middleware(RequestId)
+    app.read_path = ReadPath(app, _route_of(api.read_api_key), edge) if short_read_path else None
     return app
+
+
+def _route_of(endpoint: Callable[..., Any]) -> APIRoute:
+    return next(
+        route
+        for route in api.router.routes
+        if isinstance(route, APIRoute) and route.endpoint is endpoint
+    )
