@@ -9,7 +9,7 @@ has no side effect is answered here, by the same pieces the FastAPI route uses:
         (pure checks; anything else goes to the FastAPI app untouched, which answers and audits
         it as it does on every route)
     → keyvault's own middleware (request id, telemetry, security headers, address rate limit,
-      body limit, last-resort errors): the very classes the FastAPI app is wrapped in
+      last-resort errors): the very classes the FastAPI app is wrapped in, but for the body limit
     → principal rate limit → record → decrypt → audit event committed → 200
 
 A refusal that can only come after a side effect (429, 404, 500 for an undecryptable record, 503
@@ -42,6 +42,7 @@ from keyvault.auth import (
     valid_subject,
 )
 from keyvault.errors import Problem
+from keyvault.middleware import BodySizeLimit
 
 ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -57,7 +58,8 @@ class ReadPath:
         self._answer: ASGIApp = self._read
         for middleware in reversed(edge):
             cls, args, kwargs = middleware
-            self._answer = cls(self._answer, *args, **kwargs)
+            if cls is not BodySizeLimit:  # nothing to do: this path only takes bodiless requests
+                self._answer = cls(self._answer, *args, **kwargs)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer the request and return True, or return False having done nothing at all."""
