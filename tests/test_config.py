@@ -104,7 +104,7 @@ def test_database_url_forms_are_accepted(
     monkeypatch: pytest.MonkeyPatch, given: str, expected: str
 ) -> None:
     monkeypatch.setenv("KEYVAULT_DATABASE_URL", given)
-    assert load_settings().database_url == expected
+    assert load_settings().database_url.get_secret_value() == expected
 
 
 def test_jwks_algorithms_are_read_as_a_list(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
 
@@ -62,7 +64,8 @@ class Settings(BaseSettings):
     master_encryption_key_previous_file: Path | None = Field(
         default=None, validation_alias=AliasChoices("MASTER_ENCRYPTION_KEY_PREVIOUS_FILE")
     )
-    database_url: str = DEFAULT_DATABASE_URL
+    # Secret as a whole: it usually carries the database password.
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     jwt_secret: SecretStr | None = None
     jwt_issuer: str = "keyvault"
     jwt_audience: str = "keyvault"
@@ -202,11 +205,20 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _normalise_database_url(cls, value: str) -> str:
+    def _normalise_database_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
         for prefix in ("postgres://", "postgresql://"):
-            if value.startswith(prefix):
-                return "postgresql+asyncpg://" + value.removeprefix(prefix)
-        return value
+            if url.startswith(prefix):
+                url = "postgresql+asyncpg://" + url.removeprefix(prefix)
+        # Parsed here, where the message is ours: SQLAlchemy's parse error quotes the whole URL.
+        try:
+            make_url(url)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "KEYVAULT_DATABASE_URL is not a database URL "
+                "(e.g. postgresql://user:password@host:5432/db)"
+            ) from None
+        return SecretStr(url)
 
     @model_validator(mode="after")
     def _some_way_to_verify_tokens(self) -> Settings:

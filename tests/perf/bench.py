@@ -281,7 +281,7 @@ async def drop_database(name: str) -> None:
 
 async def seed(settings: Settings, users: int) -> None:
     """N users through the service's own code, then the ceiling's copy of the same rows."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         sessions = create_sessionmaker(engine)
         keyring = await unlock(
@@ -294,7 +294,9 @@ async def seed(settings: Settings, users: int) -> None:
                     await service.put_api_key(session, keyring, f"bench-user-{index:05d}", api_key)
     finally:
         await engine.dispose()
-    connection = await asyncpg.connect(asyncpg_dsn(make_url(settings.database_url).database or ""))
+    connection = await asyncpg.connect(
+        asyncpg_dsn(make_url(settings.database_url.get_secret_value()).database or "")
+    )
     try:
         await connection.execute(
             "CREATE TABLE ceiling_api_keys (LIKE api_keys INCLUDING ALL);"
