@@ -46,7 +46,11 @@ def create_app(settings: Settings | None = None, keyring: Keyring | None = None)
             statement=settings.database_statement_timeout,
             pool=settings.database_pool_timeout,
         )
-        engine = create_engine(settings.database_url.get_secret_value(), timeouts)
+        engine = create_engine(
+            settings.database_url.get_secret_value(),
+            timeouts,
+            pool_size=settings.database_pool_size,
+        )
         app.state.sessions = create_sessionmaker(engine)
         app.state.record_counts = metrics.RecordCounts(app.state.sessions)
         app.state.record_reader = RecordReader(engine, app.state.sessions)

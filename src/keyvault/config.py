@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
+from keyvault.db import DEFAULT_POOL_SIZE
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
@@ -139,6 +140,8 @@ class Settings(BaseSettings):
     database_connect_timeout: float = Field(default=0.4, gt=0, le=60)
     database_statement_timeout: float = Field(default=0.4, gt=0, le=600)
     database_pool_timeout: float = Field(default=0.5, gt=0, le=60)
+    # Per worker, for requests (the audit trail has a pool of its own); no overflow beyond it.
+    database_pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1)
 
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
