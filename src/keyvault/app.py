@@ -67,7 +67,11 @@ def create_app(
             statement=settings.database_statement_timeout,
             pool=settings.database_pool_timeout,
         )
-        engine = create_engine(settings.database_url, timeouts)
+        engine = create_engine(
+            settings.database_url.get_secret_value(),
+            timeouts,
+            pool_size=settings.database_pool_size,
+        )
         app.state.sessions = create_sessionmaker(engine)
         app.state.record_counts = metrics.RecordCounts(app.state.sessions)
         app.state.record_reader = RecordReader(engine, app.state.sessions)
@@ -75,7 +79,9 @@ def create_app(
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
-        app.state.audit = AuditTrail(settings.database_url, lambda: app.state.keyring)
+        app.state.audit = AuditTrail(
+            settings.database_url.get_secret_value(), lambda: app.state.keyring
+        )
         try:
             if keyring is None:
                 app.state.keyring = await unlock(
