@@ -197,10 +197,9 @@ def wrk(
     result["client"] = f"wrk -t1 -c{connections} -d{seconds}s (closed loop)"
     failed = sum(result["errors"].values())
     result["failed"] = failed
-    # At saturation the service sheds the odd request with a fast 503 (its 0.5 s pool wait);
-    # a few are reported with the figures; more than one in a hundred invalidates the run.
-    if failed > result["requests"] / 100:
-        raise RuntimeError(f"{server.name} {method}: {failed} failed requests {result['errors']}")
+    # At saturation the service sheds the odd request with a fast 503 (its 0.5 s pool wait or
+    # statement timeout); they are reported with the figures, and more than one in a hundred
+    # marks the figure invalid in the report rather than ending the run.
     if failed:
         print(f"bench: {server.name} {method}: {failed} non-2xx answers {result['errors']}")
     return result
@@ -487,6 +486,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 else ratio(base["server_cpu_us_per_request"], mine["server_cpu_us_per_request"])
             ),
             "p99_ratio": ratio(mine["p99_us"], base["p99_us"]),
+            "failed": sum(run.get("failed", 0) for run in mine.get("rounds", [mine])),
+            "requests": sum(run["requests"] for run in mine.get("rounds", [mine])),
         }
 
     rows = [
@@ -550,6 +551,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
           "tests/perf/open_loop.py (open loop, fixed rate)")  # fmt: skip
     for target, met in targets.items():
         print(f"  [{'met' if met else 'MISSED'}] {target}")
+    for r in rows:
+        if r["failed"] > r["requests"] / 100:
+            print(f"  [INVALID] {r['measure']}: {r['failed']} of {r['requests']} requests failed")
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
