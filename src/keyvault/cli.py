@@ -173,7 +173,7 @@ def serve(
     _exit_cleanly_after_sigterm()
     with multiprocess_metrics(workers):
         uvicorn.run(
-            "keyvault.app:create_app",
+            "keyvault.app:create_served_app",
             factory=True,
             host=host,
             port=port,
