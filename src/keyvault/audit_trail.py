@@ -258,18 +258,26 @@ class RequestAudit:
         self.recorded = True
 
     def _event(self, outcome: Outcome, key_version: int | None) -> AuditEvent:
-        request = self._request
-        principal = getattr(request.state, "principal", None)
+        # Straight from the ASGI scope (what request.state, .client and .headers wrap): this runs
+        # for every read.
+        scope = self._request.scope
+        state = scope.get("state", {})
+        principal = state.get("principal")
+        client = scope.get("client")
+        user_agent = next(
+            (value.decode("latin-1") for name, value in scope["headers"] if name == b"user-agent"),
+            None,
+        )
         return AuditEvent.create(
             action=self._action,
             outcome=outcome,
-            target=request.path_params.get("sub"),
+            target=scope.get("path_params", {}).get("sub"),
             actor=getattr(principal, "sub", None),
             client_id=getattr(principal, "client_id", None),
             key_version=key_version,
-            request_id=getattr(request.state, "request_id", None),
-            client_address=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
+            request_id=state.get("request_id"),
+            client_address=client[0] if client else None,
+            user_agent=user_agent,
         )
 
 
