@@ -72,6 +72,7 @@ class ReadPath:
         if principal is None:
             return False
         scope.update(child_scope)
+        scope["app"] = self._app  # as Starlette sets it, for anything that reaches for request.app
         state = scope.setdefault("state", {})
         state["principal"] = principal  # as auth.authenticate leaves them, for audit and log line
         state["actor"] = principal.sub
