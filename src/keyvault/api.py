@@ -29,6 +29,7 @@ from keyvault.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from keyvault.key_writes import KeyWrites
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
 from keyvault.service import Precondition
 
@@ -38,6 +39,11 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with session_scope(request.app.state.sessions) as session:
         yield session
+
+
+async def get_key_writes(request: Request) -> KeyWrites:
+    writes: KeyWrites = request.app.state.key_writes
+    return writes
 
 
 async def get_record_reader(request: Request) -> repository.RecordReader:
@@ -56,6 +62,8 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 # The hottest route's one SELECT holds a connection only while it runs (see RecordReader).
 Records = Annotated[repository.RecordReader, Depends(get_record_reader)]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
+# PUTs share transactions with concurrent PUTs (see key_writes), so they hold no session.
+Writes = Annotated[KeyWrites, Depends(get_key_writes)]
 # Declared before `session` in a route: see get_request_audit for why the order matters.
 Audit = Annotated[RequestAudit, Depends(get_request_audit, scope="function")]
 
@@ -138,7 +146,7 @@ async def put_api_key(
     body: ApiKeyWrite,
     caller: KeyWriter,
     audit: Audit,
-    session: Session,
+    writes: Writes,
     keyring: CurrentKeyring,
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
@@ -147,10 +155,10 @@ async def put_api_key(
     precondition = Precondition(
         if_match=_entity_tags(if_match), if_none_match_any=(if_none_match or "").strip() == "*"
     )
-    result = await service.put_api_key(
-        session, keyring, sub, body.api_key.get_secret_value(), precondition
-    )
-    await audit.succeeded_in(session, key_version=result.status.version)
+    api_key = body.api_key.get_secret_value()
+    event = audit.success_event()
+    result = await service.put_api_key_audited(writes, keyring, sub, api_key, precondition, event)
+    audit.recorded = True  # committed with the change
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     response.headers["ETag"] = result.etag
     return result.status
