@@ -148,10 +148,9 @@ async def put_api_key(
     audit: Audit,
     writes: Writes,
     keyring: CurrentKeyring,
-    response: Response,
     if_match: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> KeyStatus:
+) -> Response:
     precondition = Precondition(
         if_match=_entity_tags(if_match), if_none_match_any=(if_none_match or "").strip() == "*"
     )
@@ -159,9 +158,13 @@ async def put_api_key(
     event = audit.success_event()
     result = await service.put_api_key_audited(writes, keyring, sub, api_key, precondition, event)
     audit.recorded = True  # committed with the change
-    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    response.headers["ETag"] = result.etag
-    return result.status
+    # Serialised once here, as in read_api_key: the status is already a validated KeyStatus.
+    return Response(
+        result.status.model_dump_json(),
+        status_code=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers={"ETag": result.etag},
+    )
 
 
 @router.get(
