@@ -68,6 +68,16 @@ Writes = Annotated[KeyWrites, Depends(get_key_writes)]
 Audit = Annotated[RequestAudit, Depends(get_request_audit, scope="function")]
 
 
+async def get_mutation_audit(request: Request) -> RequestAudit:
+    audit: RequestAudit = request.state.audit
+    return audit
+
+
+# A PUT's event commits with its change (key_writes), so there is no event to wait for afterwards:
+# a plain dependency, without the generator's exit stack.
+MutationAudit = Annotated[RequestAudit, Depends(get_mutation_audit)]
+
+
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "No bearer token, or one that is invalid, expired, or for another audience.",
@@ -145,7 +155,7 @@ async def put_api_key(
     sub: SubjectPath,
     body: ApiKeyWrite,
     caller: KeyWriter,
-    audit: Audit,
+    audit: MutationAudit,
     writes: Writes,
     keyring: CurrentKeyring,
     if_match: Annotated[str | None, Header()] = None,
