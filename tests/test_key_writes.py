@@ -160,6 +160,29 @@ async def test_a_failed_precondition_leaves_the_rest_of_its_batch_alone(
     assert result.intact, result.problem
 
 
+async def test_a_batch_keeps_arrival_order_per_sub(running: PrivateService) -> None:
+    # Unconditional PUTs to different subs share one statement; a second PUT to a sub and a
+    # conditional PUT come after the writes that arrived before them.
+    outcomes = await asyncio.gather(
+        _put(running, "x", "sk-x-first-000000000000"),
+        _put(running, "y", "sk-y-only-0000000000000"),
+        _put(running, "x", "sk-x-second-00000000000"),
+        _put(running, "y", "sk-y-refused-0000000000", Precondition(if_none_match_any=True)),
+        _put(running, "z", "sk-z-only-0000000000000"),
+        _put(running, "x", "sk-x-third-000000000000"),
+        return_exceptions=True,
+    )
+
+    assert isinstance(outcomes[3], PreconditionFailed)
+    written = [(o.status.sub, o.status.version) for o in outcomes if isinstance(o, WriteResult)]
+    assert written == [("x", 1), ("y", 1), ("x", 2), ("z", 1), ("x", 3)]
+    assert await _key_of(running, "x") == (3, "sk-x-third-000000000000")
+    assert await _key_of(running, "y") == (1, "sk-y-only-0000000000000")
+    assert await _put_events(running, "x") == [("ok", 1), ("ok", 2), ("ok", 3)]
+    result = await verify(running.database_url, running.keyring)
+    assert result.intact, result.problem
+
+
 async def test_a_write_that_fails_is_retried_alone_and_fails_only_itself(
     running: PrivateService, backend: str
 ) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
@@ -32,7 +33,12 @@ from keyvault.audit import AuditEvent, ChainedEvent
 from keyvault.audit_trail import AuditTrail, log_event
 from keyvault.db import driver_connection, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
-from keyvault.repository import DriverRecordWrites, RecordWrites, SessionRecordWrites
+from keyvault.repository import (
+    DriverRecordWrites,
+    NewRecord,
+    RecordWrites,
+    SessionRecordWrites,
+)
 from keyvault.service import PutJob, WriteResult
 
 log = logging.getLogger("keyvault")
@@ -145,20 +151,15 @@ class KeyWrites:
 async def _write_then_append(
     records: RecordWrites, jobs: Sequence[PutJob], append: Append
 ) -> tuple[list[Outcome], list[ChainedEvent]]:
-    outcomes: list[Outcome] = []
-    events: list[AuditEvent] = []
-    for job in jobs:
-        try:
-            result = await service.apply_put(
-                records, job.sub, job.sealed, job.last4, job.precondition
-            )
-        except PreconditionFailed as refused:
-            outcomes.append(refused)
-            continue
-        except Exception as error:
-            raise _WriteFailed(error) from error
-        outcomes.append(result)
-        events.append(dataclasses.replace(job.event, key_version=result.status.version))
+    try:
+        outcomes = await _write(records, jobs)
+    except Exception as error:
+        raise _WriteFailed(error) from error
+    events = [
+        dataclasses.replace(job.event, key_version=outcome.status.version)
+        for job, outcome in zip(jobs, outcomes, strict=True)
+        if isinstance(outcome, WriteResult)
+    ]
     if not events:
         return outcomes, []
     try:
@@ -167,6 +168,41 @@ async def _write_then_append(
         log.error("audit events could not be stored (%s)", type(error).__name__)
         raise AuditUnavailable() from None
     return outcomes, chained
+
+
+async def _write(records: RecordWrites, jobs: Sequence[PutJob]) -> list[Outcome]:
+    """Each job's write, in arrival order. Unconditional PUTs to different subs in a row go out as
+    one statement; a conditional PUT, or a second PUT to a sub, waits for the ones before it."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    pending: dict[str, int] = {}  # unconditional PUTs not yet written: sub → index in jobs
+
+    async def write_pending() -> None:
+        new = [NewRecord(jobs[i].sub, jobs[i].sealed, jobs[i].last4) for i in pending.values()]
+        states = await records.upsert_many(new, datetime.now(UTC))
+        for sub, index in pending.items():
+            outcomes[index] = service.written(sub, states[sub])
+        pending.clear()
+
+    for index, job in enumerate(jobs):
+        if job.precondition.unconditional and job.sub not in pending:
+            pending[job.sub] = index
+            continue
+        if pending:
+            await write_pending()
+        if job.precondition.unconditional:
+            pending[job.sub] = index
+            continue
+        try:
+            outcomes[index] = await service.apply_put(
+                records, job.sub, job.sealed, job.last4, job.precondition
+            )
+        except PreconditionFailed as refused:
+            outcomes[index] = refused
+    if pending:
+        await write_pending()
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(jobs)
+    return done
 
 
 def _worth_retrying_alone(error: Exception) -> bool:

@@ -251,6 +251,12 @@ class RecordWrites(Protocol):
         self, sub: str, sealed: SealedRecord, last4: str, now: datetime
     ) -> RecordState | None: ...
 
+    async def upsert_many(
+        self, records: Sequence[NewRecord], now: datetime
+    ) -> dict[str, RecordState]:
+        """`upsert` of each record (their subs all different), by sub."""
+        ...
+
     async def get_state(self, sub: str) -> RecordState | None: ...
 
     async def replace_if_current(
@@ -268,6 +274,16 @@ class SessionRecordWrites:
         self, sub: str, sealed: SealedRecord, last4: str, now: datetime
     ) -> RecordState:
         return await upsert_record(self._session, sub, sealed, last4, now)
+
+    async def upsert_many(
+        self, records: Sequence[NewRecord], now: datetime
+    ) -> dict[str, RecordState]:
+        return {
+            record.sub: await upsert_record(
+                self._session, record.sub, record.sealed, record.last4, now
+            )
+            for record in records
+        }
 
     async def insert_if_absent(
         self, sub: str, sealed: SealedRecord, last4: str, now: datetime
@@ -291,11 +307,19 @@ _INSERT_SQL = (
     f"INSERT INTO {_T} (sub, {_SEALED_SQL}, version, created_at, updated_at)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8)"
 )
-_UPSERT_SQL = (
-    f"{_INSERT_SQL} ON CONFLICT (sub) DO UPDATE SET format_version = excluded.format_version,"
+_ON_CONFLICT_REPLACE = (
+    " ON CONFLICT (sub) DO UPDATE SET format_version = excluded.format_version,"
     " key_id = excluded.key_id, salt = excluded.salt, nonce = excluded.nonce,"
     " ciphertext = excluded.ciphertext, last4 = excluded.last4,"
-    f" updated_at = excluded.updated_at, version = {_T}.version + 1 RETURNING {_STATE_SQL}"
+    f" updated_at = excluded.updated_at, version = {_T}.version + 1"
+)
+_UPSERT_SQL = f"{_INSERT_SQL}{_ON_CONFLICT_REPLACE} RETURNING {_STATE_SQL}"
+# Rows go in sorted by sub, so two workers' batches lock the rows they share in the same order.
+_UPSERT_MANY_SQL = (
+    f"INSERT INTO {_T} (sub, {_SEALED_SQL}, version, created_at, updated_at)"
+    f" SELECT sub, {_SEALED_SQL}, 1, $8, $8 FROM unnest($1::text[], $2::smallint[], $3::text[],"
+    f" $4::bytea[], $5::bytea[], $6::bytea[], $7::text[]) AS v(sub, {_SEALED_SQL}) ORDER BY sub"
+    f"{_ON_CONFLICT_REPLACE} RETURNING sub, {_STATE_SQL}"
 )
 _INSERT_IF_ABSENT_SQL = f"{_INSERT_SQL} ON CONFLICT (sub) DO NOTHING RETURNING {_STATE_SQL}"
 _GET_STATE_SQL = f"SELECT {_STATE_SQL} FROM {_T} WHERE sub = $1"
@@ -321,6 +345,25 @@ class DriverRecordWrites:
     ) -> RecordState:
         row = await self._connection.fetchrow(_UPSERT_SQL, *_driver_values(sub, sealed, last4, now))
         return _driver_state(row)
+
+    async def upsert_many(
+        self, records: Sequence[NewRecord], now: datetime
+    ) -> dict[str, RecordState]:
+        if len(records) == 1:
+            (record,) = records
+            return {record.sub: await self.upsert(record.sub, record.sealed, record.last4, now)}
+        rows = await self._connection.fetch(
+            _UPSERT_MANY_SQL,
+            [r.sub for r in records],
+            [r.sealed.format_version for r in records],
+            [r.sealed.key_id for r in records],
+            [r.sealed.salt for r in records],
+            [r.sealed.nonce for r in records],
+            [r.sealed.ciphertext for r in records],
+            [r.last4 for r in records],
+            now,
+        )
+        return {row[0]: _driver_state(row[1:]) for row in rows}
 
     async def insert_if_absent(
         self, sub: str, sealed: SealedRecord, last4: str, now: datetime

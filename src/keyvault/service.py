@@ -32,6 +32,10 @@ class Precondition:
     if_match: frozenset[str] | None = None  # entity tags, or {"*"}
     if_none_match_any: bool = False
 
+    @property
+    def unconditional(self) -> bool:
+        return self.if_match is None and not self.if_none_match_any
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
@@ -107,6 +111,10 @@ async def apply_put(
         state = await records.upsert(sub, sealed, last4, now)
     if state is None:
         raise PreconditionFailed("The key has changed since the given ETag was issued.")
+    return written(sub, state)
+
+
+def written(sub: str, state: RecordState) -> WriteResult:
     return WriteResult(_status(sub, state), etag_for(state), created=state.version == 1)
 
 
