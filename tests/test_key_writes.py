@@ -20,7 +20,14 @@ from keyvault.db import create_engine
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.key_writes import KeyWrites
 from keyvault.service import Precondition, WriteResult
-from tests.audit_support import PrivateService, execute_sql, private_service, stored_events, verify
+from tests.audit_support import (
+    PrivateService,
+    another_instance,
+    execute_sql,
+    private_service,
+    stored_events,
+    verify,
+)
 from tests.conftest import bearer, key_path, mint
 
 ALL = "api-key:read api-key:write api-key:delete users:any"
@@ -129,6 +136,33 @@ async def test_concurrent_puts_get_consecutive_versions_and_one_event_each(
     assert final is not None
     assert final[0] == 10
     assert final[1][-4:] == winner.json()["last4"]
+    result = await verify(running.database_url, running.keyring)
+    assert result.intact, result.problem
+
+
+async def test_two_workers_batching_puts_to_the_same_users_keep_versions_and_chain_whole(
+    running: PrivateService,
+) -> None:
+    # Each worker has its own batches; both touch the same rows, listed in opposite orders.
+    headers = bearer(mint("writer", ALL))
+    subs = [f"both-{n}" for n in range(6)]
+    async with another_instance(running) as second:
+        requests = [
+            client.put(key_path(sub), json={"api_key": f"sk-{label}-{sub}-00000"}, headers=headers)
+            for round_ in range(3)
+            for client, label, order in (
+                (running.client, f"one{round_}", subs),
+                (second, f"two{round_}", subs[::-1]),
+            )
+            for sub in order
+        ]
+        responses = await asyncio.gather(*requests)
+
+    assert {r.status_code for r in responses} <= {200, 201}
+    for sub in subs:
+        versions = sorted(r.json()["version"] for r in responses if r.json()["sub"] == sub)
+        assert versions == list(range(1, 7))
+        assert sorted(await _put_events(running, sub)) == [("ok", v) for v in range(1, 7)]
     result = await verify(running.database_url, running.keyring)
     assert result.intact, result.problem
 
