@@ -20,7 +20,7 @@ def _database_url() -> str:
         return url
     from keyvault.config import get_settings
 
-    return get_settings().database_url
+    return get_settings().database_url.get_secret_value()
 
 
 def _run(connection: Connection) -> None:

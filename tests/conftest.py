@@ -128,7 +128,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 async def keyring(settings: Settings) -> AsyncIterator[Keyring]:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         yield await unlock(
             create_sessionmaker(engine), MASTER_KEY, iterations_for_new=settings.kdf_iterations
@@ -142,7 +142,7 @@ async def app(settings: Settings, keyring: Keyring) -> AsyncIterator[FastAPI]:
     application = create_app(settings, keyring=keyring)
     async with application.router.lifespan_context(application):
         yield application
-    await _empty_tables(settings.database_url)
+    await _empty_tables(settings.database_url.get_secret_value())
 
 
 async def _empty_tables(database_url: str) -> None:

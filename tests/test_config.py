@@ -104,7 +104,7 @@ def test_database_url_forms_are_accepted(
     monkeypatch: pytest.MonkeyPatch, given: str, expected: str
 ) -> None:
     monkeypatch.setenv("KEYVAULT_DATABASE_URL", given)
-    assert load_settings().database_url == expected
+    assert load_settings().database_url.get_secret_value() == expected
 
 
 def test_jwks_algorithms_are_read_as_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,3 +116,27 @@ def test_symmetric_jwks_algorithm_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("KEYVAULT_JWKS_ALGORITHMS", "HS256")
     with pytest.raises(ConfigurationError, match="JWKS_ALGORITHMS"):
         load_settings()
+
+
+def test_database_pool_size_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().database_pool_size == 15
+    monkeypatch.setenv("KEYVAULT_DATABASE_POOL_SIZE", "40")
+    assert load_settings().database_pool_size == 40
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0", "greater than or equal to 1"),
+        ("-3", "greater than or equal to 1"),
+        ("many", "a valid integer"),
+        ("2.5", "a valid integer"),
+    ],
+)
+def test_database_pool_size_below_one_or_not_a_number_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    monkeypatch.setenv("KEYVAULT_DATABASE_POOL_SIZE", value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert f"database_pool_size: Input should be {reason}" in str(raised.value)

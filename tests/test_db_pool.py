@@ -1,17 +1,23 @@
-"""The pool pings only connections that sat idle, and recovers from one killed under it."""
+"""The pool pings only connections that sat idle, recovers from one killed under it, and has the
+configured size."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from keyvault import db
-from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_dsn
+from keyvault.app import create_app
+from keyvault.crypto import Keyring
+from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_dsn, make_settings
 
 
 async def _backend_pid(engine: AsyncEngine) -> int:
@@ -87,3 +93,23 @@ async def test_pool_stays_usable_after_a_driver_connection_query_is_cut_off(
             assert await connection.fetchval("SELECT 42") == 42
     finally:
         await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_configured_pool_size_is_the_request_pool_of_the_app(
+    database_url: str, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYVAULT_DATABASE_POOL_SIZE", "3")
+    settings = make_settings(database_url, database_pool_timeout=0.2)
+    assert settings.database_pool_size == 3
+    app = create_app(settings, keyring=keyring)
+    async with app.router.lifespan_context(app), AsyncExitStack() as held:
+        engine: AsyncEngine = app.state.sessions.kw["bind"]
+        assert isinstance(engine.pool, AsyncAdaptedQueuePool)
+        assert engine.pool.size() == 3
+        for _ in range(3):
+            connection = await held.enter_async_context(engine.connect())
+            await connection.execute(text("SELECT 1"))
+        # No overflow: a fourth request waits out the pool timeout instead of opening another.
+        with pytest.raises(PoolTimeoutError):
+            await held.enter_async_context(engine.connect())

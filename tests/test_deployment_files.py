@@ -414,7 +414,7 @@ def test_keyvault_starts_from_the_settings_compose_gives_it(
 
     password = (secrets_dir / "postgres_password").read_text().strip()
     db = service("db")["environment"]
-    assert settings.database_url == (
+    assert settings.database_url.get_secret_value() == (
         f"postgresql+asyncpg://{db['POSTGRES_USER']}:{password}@db:5432/{db['POSTGRES_DB']}"
     )
     assert settings.jwt_secret is not None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import logging.config
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from keyvault.logs import JsonFormatter, logging_config
+from keyvault.logs import JsonFormatter, LineHandler, logging_config
 from keyvault.middleware import current_request_id
 
 CANARY = "sk-log-canary-0123456789abcdef"
@@ -140,3 +142,40 @@ def test_debug_level_opens_keyvaults_debug_lines_but_not_the_libraries(
         "GET /healthz 200",
         "a library warning",
     ]
+
+
+class _FlushCountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def _logger_writing_to(stream: io.StringIO, name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers = [LineHandler(stream)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_lines_of_one_loop_turn_are_written_at_once_and_flushed_once() -> None:
+    stream = _FlushCountingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.loop")
+    logger.info("first")
+    logger.info("second")
+    assert stream.getvalue() == "first\nsecond\n"
+    assert stream.flushes == 0
+    await asyncio.sleep(0)
+    assert stream.flushes == 1
+
+
+def test_outside_a_loop_every_line_is_flushed_at_once() -> None:
+    stream = _FlushCountingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.plain")
+    logger.info("first")
+    logger.info("second")
+    assert stream.flushes == 2

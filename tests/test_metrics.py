@@ -146,7 +146,7 @@ async def test_records_that_cannot_be_opened_are_counted_by_reason(
 ) -> None:
     headers = bearer(mint("alice", ALL))
     await client.put(key_path("alice"), json={"api_key": CANARY_KEY}, headers=headers)
-    await set_column(settings.database_url, "alice", **{column: value})
+    await set_column(settings.database_url.get_secret_value(), "alice", **{column: value})
     before = sample(await scrape(client), "keyvault_decrypt_failures_total", reason=reason)
 
     read = await client.get(key_path("alice"), headers=headers)
@@ -171,7 +171,9 @@ async def test_records_are_counted_by_the_key_id_that_sealed_them(
 
 @pytest.fixture
 async def guarded_app(settings: Settings, keyring: Keyring) -> AsyncIterator[FastAPI]:
-    guarded = make_settings(settings.database_url, metrics_token="metrics-token-0123456789")
+    guarded = make_settings(
+        settings.database_url.get_secret_value(), metrics_token="metrics-token-0123456789"
+    )
     application = create_app(guarded, keyring=keyring)
     async with application.router.lifespan_context(application):
         yield application
@@ -201,4 +203,7 @@ async def test_metrics_token_when_configured_opens_the_metrics(guarded_app: Fast
 
 
 def test_an_empty_metrics_token_leaves_the_metrics_open(settings: Settings) -> None:
-    assert make_settings(settings.database_url, metrics_token="").metrics_token is None
+    assert (
+        make_settings(settings.database_url.get_secret_value(), metrics_token="").metrics_token
+        is None
+    )

@@ -32,7 +32,9 @@ def app_client(settings: Settings, keyring: Keyring) -> Client:
     async def running(
         address: str = "10.1.1.1", **overrides: Any
     ) -> AsyncIterator[httpx.AsyncClient]:
-        application = create_app(make_settings(settings.database_url, **overrides), keyring)
+        application = create_app(
+            make_settings(settings.database_url.get_secret_value(), **overrides), keyring
+        )
         async with application.router.lifespan_context(application):
             transport = httpx.ASGITransport(app=application, client=(address, 40000))
             async with httpx.AsyncClient(transport=transport, base_url="http://kv.test") as http:

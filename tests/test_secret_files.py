@@ -44,7 +44,9 @@ def test_database_url_from_a_file_is_normalised_like_the_variable(
     path = secret_file(clean_environment, "database_url", "postgresql://kv:pw@db:5432/kv\n")
     monkeypatch.setenv("KEYVAULT_DATABASE_URL_FILE", str(path))
     monkeypatch.setenv("KEYVAULT_JWT_SECRET", JWT_SECRET)
-    assert load_settings().database_url == "postgresql+asyncpg://kv:pw@db:5432/kv"
+    assert (
+        load_settings().database_url.get_secret_value() == "postgresql+asyncpg://kv:pw@db:5432/kv"
+    )
 
 
 def test_a_variable_and_its_file_together_are_refused(

@@ -17,7 +17,7 @@ from keyvault import audit_repository
 from keyvault.api import Session, _problems
 from keyvault.audit import Action, ChainedEvent, Outcome
 from keyvault.audit_repository import EventFilter
-from keyvault.auth import AuditReader, Principal, Scope, SubjectPath, require
+from keyvault.auth import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
 from keyvault.errors import InvalidRequest
 from keyvault.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
 
@@ -27,7 +27,7 @@ MAX_PAGE: Final = 500
 router = APIRouter()
 
 # The owner sees their key's log with any api-key scope; others need users:any as well.
-LogReader = Annotated[Principal, Depends(require(Scope.read, Scope.write, Scope.delete))]
+LogReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
 Cursor = Annotated[
     str | None, Query(description="`next_cursor` of the previous page.", max_length=64)
 ]

@@ -4,22 +4,22 @@ Appending serialises on the single `audit_head` row: the first statement of an a
 of that row, which takes its row lock on Postgres (and the write lock on SQLite) until the
 transaction ends, so two writers can never both extend the chain from the same link.
 
-On Postgres the group commit first tries `append_after`: one statement, run on its own (autocommit),
-that extends the chain from the head the writer last saw — a compare-and-swap on the head row — and
-inserts the events only if the swap happened. One round trip instead of five; when another writer
-moved the head in between, nothing is written and the caller falls back to `append`.
+On Postgres the group commit first tries `append_after`: one statement, run on its own (autocommit,
+on the asyncpg connection itself), that extends the chain from the head the writer last saw — a
+compare-and-swap on the head row — and inserts the events only if the swap happened. One round trip
+instead of five; when another writer moved the head in between, nothing is written and the caller
+falls back to `append`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import asyncpg
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keyvault.audit import (
@@ -70,55 +70,74 @@ async def append(
     return chained
 
 
-_APPEND_AFTER = text(
-    """
+# The head's compare-and-swap and the events' insert in one statement: the events go in only if
+# the swap happened. They travel as one array per column, which asyncpg encodes without JSON.
+_APPEND_AFTER = """
     WITH head AS (
-        UPDATE audit_head SET seq = :seq, link = :link, key_id = :key_id, mac = :mac
-        WHERE id = :head_id AND seq = :expected_seq AND link = :expected_link
+        UPDATE audit_head SET seq = $14, link = $15, key_id = $16, mac = $17
+        WHERE id = $18 AND seq = $19 AND link = $20
         RETURNING 1
     )
     INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
                               key_version, request_id, client_address, user_agent, key_id, link)
-    SELECT e.seq, e.occurred_at, e.actor, e.client_id, e.action, e.target, e.outcome,
-           e.key_version, e.request_id, e.client_address, e.user_agent, e.key_id,
-           decode(e.link, 'hex')
-    FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(
-        seq bigint, occurred_at timestamptz, actor text, client_id text, action text, target text,
-        outcome text, key_version integer, request_id text, client_address text, user_agent text,
-        key_id text, link text)
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
+                         $11::text[], $12::text[], $13::bytea[])
     WHERE EXISTS (SELECT 1 FROM head)
-    """
-)
+"""
 
 
 async def append_after(
-    connection: AsyncConnection,
+    connection: asyncpg.Connection,
     head: ChainHead,
     root: RootKey,
     key: bytes,
     events: Sequence[AuditEvent],
 ) -> list[ChainedEvent] | None:
-    """Postgres only, on an autocommit connection: link `events` after `head` in one statement.
+    """Postgres only, on a driver connection outside any transaction: link `events` after `head`
+    in one statement.
 
     None when the head has moved since (nothing was written). The statement is atomic on its own;
     a concurrent writer holding the head row makes it wait, then find the head changed.
     """
     chained = link_events(root, key, head.link, head.seq + 1, events)
     tail = chained[-1]
-    result = await connection.execute(
+    status = await connection.execute(
         _APPEND_AFTER,
-        {
-            "seq": tail.seq,
-            "link": tail.link,
-            "key_id": root.key_id,
-            "mac": head_mac(key, tail.seq, tail.link),
-            "head_id": HEAD_ID,
-            "expected_seq": head.seq,
-            "expected_link": head.link,
-            "events": json.dumps([item.log_record() for item in chained]),
-        },
+        *_columns(chained),
+        tail.seq,
+        tail.link,
+        root.key_id,
+        head_mac(key, tail.seq, tail.link),
+        HEAD_ID,
+        head.seq,
+        head.link,
     )
-    return chained if result.rowcount == len(chained) else None
+    inserted = int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+    return chained if inserted == len(chained) else None
+
+
+def _columns(chained: Sequence[ChainedEvent]) -> list[list[Any]]:
+    """The events as one list per audit_events column, in the table's column order."""
+    rows = [
+        (
+            item.seq,
+            item.event.occurred_at,
+            item.event.actor,
+            item.event.client_id,
+            item.event.action,
+            item.event.target,
+            item.event.outcome,
+            item.event.key_version,
+            item.event.request_id,
+            item.event.client_address,
+            item.event.user_agent,
+            item.key_id,
+            item.link,
+        )
+        for item in chained
+    ]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def get_head(executor: Executor) -> ChainHead | None:
@@ -212,28 +231,9 @@ async def append_on_driver(
     last_seq, previous = row
     chained = link_events(root, key, bytes(previous), last_seq - len(events) + 1, events)
     tail = chained[-1]
-    rows = [
-        (
-            item.seq,
-            item.event.occurred_at,
-            item.event.actor,
-            item.event.client_id,
-            item.event.action,
-            item.event.target,
-            item.event.outcome,
-            item.event.key_version,
-            item.event.request_id,
-            item.event.client_address,
-            item.event.user_agent,
-            item.key_id,
-            item.link,
-        )
-        for item in chained
-    ]
-    columns = [list(column) for column in zip(*rows, strict=True)]
     await connection.execute(
         _INSERT_EVENTS_SQL,
-        *columns,
+        *_columns(chained),
         tail.link,
         root.key_id,
         head_mac(key, tail.seq, tail.link),

@@ -8,6 +8,7 @@ identity provider's JWKS. A token that names an algorithm outside that set is re
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import httpx
 import jwt
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import AfterValidator
 
 from keyvault import metrics
@@ -192,8 +194,20 @@ class JwksCache:
         self._keys = {key.key_id: key for key in key_set if key.key_id}
 
 
+def valid_subject(value: str) -> bool:
+    """What SubjectPath admits: 1 to SUB_MAX_LENGTH characters, none of them a control character."""
+    return 0 < len(value) <= SUB_MAX_LENGTH and not _has_control_characters(value)
+
+
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _has_control_characters(value: str) -> bool:
+    return _CONTROL_CHARACTER.search(value) is not None
+
+
 def _no_control_characters(value: str) -> str:
-    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+    if _has_control_characters(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -213,6 +227,14 @@ _bearer_scheme = HTTPBearer(
     description="A JWT whose `scope` claim holds `api-key:read`, `api-key:write` or `api-key:delete`,"
     " and `users:any` to act on other users' keys.",
 )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an `Authorization: Bearer …` header, read exactly as HTTPBearer reads it."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
 
 
 async def authenticate(
@@ -241,34 +263,47 @@ async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | 
 Caller = Annotated[Principal, Depends(authenticate)]
 
 
-def require(*allowed: Scope, step_up: str | None = None) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting callers holding any of `allowed` for the path's `sub`.
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a route asks of its caller: one of `scopes` for the path's sub (plus `users:any` for
+    someone else's), and the step-up policy of the `step_up` action ("read", "write", "delete")."""
 
-    Acting on someone else's sub also needs `users:any`. The decision uses the token alone, so it
-    is the same whether or not the target has a key, and no query runs for a refused caller.
-    `step_up` names the action ("read", "write", "delete") whose step-up policy applies.
+    scopes: tuple[Scope, ...]
+    step_up: str | None = None
+
+
+def check_access(
+    caller: Principal, sub: str, access: Access, policy: StepUpPolicy, now: float
+) -> None:
+    """Raise Forbidden (or InsufficientUserAuthentication) unless `caller` has `access` to `sub`.
+
+    The decision uses the token alone, so it is the same whether or not the target has a key, and
+    no query runs for a refused caller. It counts nothing: the dependency below does.
     """
+    if caller.scopes.isdisjoint(access.scopes):
+        wanted = " or ".join(scope.value for scope in access.scopes)
+        raise Forbidden(f"This action needs the {wanted} scope.", "forbidden_scope")
+    if caller.sub != sub and Scope.any_user not in caller.scopes:
+        raise Forbidden("Acting on another user's key needs the users:any scope.", "forbidden_user")
+    if access.step_up is not None:
+        policy.check(
+            access.step_up,
+            scopes=caller.scopes,
+            acr=caller.acr,
+            amr=caller.amr,
+            auth_time=caller.auth_time,
+            now=now,
+        )
+
+
+def require(access: Access) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers with `access` to the path's `sub` (see check_access)."""
 
     async def check(request: Request, sub: SubjectPath, caller: Caller) -> Principal:
-        if not any(scope in caller.scopes for scope in allowed):
-            wanted = " or ".join(scope.value for scope in allowed)
-            _refuse(Forbidden(f"This action needs the {wanted} scope.", "forbidden_scope"))
-        if caller.sub != sub and Scope.any_user not in caller.scopes:
-            _refuse(
-                Forbidden(
-                    "Acting on another user's key needs the users:any scope.", "forbidden_user"
-                )
-            )
-        if step_up is not None:
-            policy: StepUpPolicy = request.app.state.step_up
-            policy.check(
-                step_up,
-                scopes=caller.scopes,
-                acr=caller.acr,
-                amr=caller.amr,
-                auth_time=caller.auth_time,
-                now=time.time(),
-            )
+        try:
+            check_access(caller, sub, access, request.app.state.step_up, now=time.time())
+        except Forbidden as forbidden:
+            _refuse(forbidden)
         return caller
 
     return check
@@ -290,11 +325,15 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-KeyReader = Annotated[Principal, Depends(require(Scope.read, step_up="read"))]
-KeyWriter = Annotated[Principal, Depends(require(Scope.write, step_up="write"))]
-KeyDeleter = Annotated[Principal, Depends(require(Scope.delete, step_up="delete"))]
+# READ_ACCESS is also what keyvault.read_path checks on the short path for the same route.
+READ_ACCESS: Final = Access((Scope.read,), step_up="read")
+KeyReader = Annotated[Principal, Depends(require(READ_ACCESS))]
+KeyWriter = Annotated[Principal, Depends(require(Access((Scope.write,), step_up="write")))]
+KeyDeleter = Annotated[Principal, Depends(require(Access((Scope.delete,), step_up="delete")))]
 AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
-StatusReader = Annotated[Principal, Depends(require(Scope.read, Scope.write, Scope.delete))]
+# Seeing whether a key exists, or who used it, takes any of the three key scopes.
+ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))
+StatusReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
 
 
 def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
+import asyncpg
 import typer
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
@@ -70,7 +71,9 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
             seed_import.SeedImportError,
         ) as error:
             _fail(str(error))
-        except SQLAlchemyError as error:
+        # asyncpg's own errors at connect time (no such database, login refused) reach us
+        # unwrapped by SQLAlchemy.
+        except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             _fail(
                 f"database error ({type(error).__name__}); check KEYVAULT_DATABASE_URL and that it is up"
             )
@@ -130,7 +133,7 @@ def migrate() -> None:
     settings = load_settings()
     master_key = settings.master_key()
     asyncio.run(_check_existing_master_key(settings, master_key))
-    upgrade_to_head(settings.database_url)
+    upgrade_to_head(settings.database_url.get_secret_value())
     asyncio.run(_check_unlocks(settings))
     typer.echo("database is at the latest schema; master key verified")
 
@@ -170,7 +173,7 @@ def serve(
     _exit_cleanly_after_sigterm()
     with multiprocess_metrics(workers):
         uvicorn.run(
-            "keyvault.app:create_app",
+            "keyvault.app:create_served_app",
             factory=True,
             host=host,
             port=port,
@@ -227,7 +230,7 @@ async def _verify_audit(settings: Settings) -> Verification:
 
 async def _check_existing_master_key(settings: Settings, master_key: str) -> None:
     """Before any migration runs: a database that already has a verifier must accept this key."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         if await _has_deployment(engine):
             await check_before_migration(
@@ -296,9 +299,9 @@ app.add_typer(keys_app, name="keys")
 @asynccontextmanager
 async def _unlocked(settings: Settings) -> AsyncIterator[tuple[Sessions, Keyring]]:
     """Sessions and the full keyring (current and previous keys) over a migrated database."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
-        if not await is_at_head(engine, settings.database_url):
+        if not await is_at_head(engine, settings.database_url.get_secret_value()):
             raise SchemaNotReadyError()
         sessions = create_sessionmaker(engine)
         keyring = await unlock(

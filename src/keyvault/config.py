@@ -24,8 +24,11 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from keyvault.crypto import MIN_KDF_ITERATIONS
+from keyvault.db import DEFAULT_POOL_SIZE
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
@@ -62,7 +65,8 @@ class Settings(BaseSettings):
     master_encryption_key_previous_file: Path | None = Field(
         default=None, validation_alias=AliasChoices("MASTER_ENCRYPTION_KEY_PREVIOUS_FILE")
     )
-    database_url: str = DEFAULT_DATABASE_URL
+    # Secret as a whole: it usually carries the database password.
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     jwt_secret: SecretStr | None = None
     jwt_issuer: str = "keyvault"
     jwt_audience: str = "keyvault"
@@ -136,6 +140,8 @@ class Settings(BaseSettings):
     database_connect_timeout: float = Field(default=0.4, gt=0, le=60)
     database_statement_timeout: float = Field(default=0.4, gt=0, le=600)
     database_pool_timeout: float = Field(default=0.5, gt=0, le=60)
+    # Per worker, for requests (the audit trail has a pool of its own); no overflow beyond it.
+    database_pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1)
 
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
@@ -202,11 +208,20 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _normalise_database_url(cls, value: str) -> str:
+    def _normalise_database_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
         for prefix in ("postgres://", "postgresql://"):
-            if value.startswith(prefix):
-                return "postgresql+asyncpg://" + value.removeprefix(prefix)
-        return value
+            if url.startswith(prefix):
+                url = "postgresql+asyncpg://" + url.removeprefix(prefix)
+        # Parsed here, where the message is ours: SQLAlchemy's parse error quotes the whole URL.
+        try:
+            make_url(url)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "KEYVAULT_DATABASE_URL is not a database URL "
+                "(e.g. postgresql://user:password@host:5432/db)"
+            ) from None
+        return SecretStr(url)
 
     @model_validator(mode="after")
     def _some_way_to_verify_tokens(self) -> Settings:

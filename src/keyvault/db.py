@@ -42,7 +42,8 @@ class Timeouts:
 
 # A fixed pool: a connection past pool_size ("overflow") is closed as soon as it is returned, so
 # under steady load overflow means a new Postgres backend, TLS probe and type-codec set-up for many
-# requests (milliseconds each). Requests beyond the pool wait for a connection instead.
+# requests (milliseconds each). Requests beyond the pool wait for a connection instead. The
+# service's request pool takes its size from KEYVAULT_DATABASE_POOL_SIZE.
 DEFAULT_POOL_SIZE = 15
 DEFAULT_MAX_OVERFLOW = 0
 

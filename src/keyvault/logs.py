@@ -8,6 +8,7 @@ messages can quote the values that caused them, and those may be keys or tokens.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -68,6 +69,34 @@ def _frames(error: BaseException) -> list[str]:
     return [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in frames]
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that, inside a running event loop, flushes once per loop turn.
+
+    Each line is written to the stream's buffer at once, as StreamHandler does; only the flush
+    (a system call) is put off until the loop has run what it had ready, which takes one call
+    for every line logged in that turn instead of one call per line — two lines per request
+    under load (README, Performance). Outside a loop (the CLI, start-up, exit) it flushes at once.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._flush_pending = False
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().flush()
+            return
+        if not self._flush_pending:
+            self._flush_pending = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        super().flush()
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A dictConfig for this process and for each worker uvicorn spawns (it applies it in each)."""
     return {
@@ -76,7 +105,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "formatters": {"json": {"()": "keyvault.logs.JsonFormatter"}},
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
+                "class": "keyvault.logs.LineHandler",
                 "formatter": "json",
                 "stream": "ext://sys.stdout",
             }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 
 import asyncpg
@@ -36,9 +36,9 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
+        given = next((value for name, value in scope["headers"] if name == REQUEST_ID_HEADER), b"")
         request_id = (
-            given.decode("ascii") if _ACCEPTABLE_REQUEST_ID.match(given) else uuid.uuid4().hex
+            given.decode("ascii") if _ACCEPTABLE_REQUEST_ID.match(given) else secrets.token_hex(16)
         )
         scope.setdefault("state", {})["request_id"] = request_id
         token = current_request_id.set(request_id)

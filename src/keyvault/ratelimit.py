@@ -1,7 +1,8 @@
 """Rate limits per client address (before anything else runs) and per token subject (after auth).
 
-Budgets are kept by the `limits` library with its sliding-window counter, in this process's memory
-or in Redis, where every replica draws on one shared budget. Never in the database: a flood of
+Budgets are kept with the sliding-window counter of the `limits` library: in Redis by `limits`
+itself, where every replica draws on one shared budget, or in this process's memory by
+local_windows' copy of the same algorithm. Never in the database: a flood of
 requests must not turn into a flood of queries. When Redis cannot be reached the limiter fails
 open (requests pass, a warning is logged once) rather than take the vault down with it.
 """
@@ -15,7 +16,7 @@ import time
 from typing import Final
 
 from limits import RateLimitItem
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyvault import metrics
 from keyvault.config import REDIS_SCHEMES, Settings, parse_rate_limit
 from keyvault.errors import TooManyRequests, problem_response
+from keyvault.local_windows import LocalSlidingWindows
 
 log = logging.getLogger("keyvault")
 
@@ -45,7 +47,7 @@ class RateLimiter:
         self._per_principal = parse_rate_limit(per_principal)
         self._per_address = parse_rate_limit(per_address)
         self._pool: ConnectionPool | None = None
-        storage: Storage
+        storage: Storage | None = None
         if storage_url.startswith(REDIS_SCHEMES):
             # Our own pool, so the connections can be closed at shutdown and have short timeouts.
             self._pool = ConnectionPool.from_url(
@@ -60,10 +62,10 @@ class RateLimiter:
                 connection_pool=self._pool,  # type: ignore[arg-type]
                 wrap_exceptions=True,
             )
-        else:
-            storage = MemoryStorage()
         self.storage_kind = "redis" if self._pool is not None else "memory"
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        # In memory: our own copy of the algorithm (see local_windows for why not limits' storage).
+        self._shared = SlidingWindowCounterRateLimiter(storage) if storage is not None else None
+        self._local = LocalSlidingWindows()
         self._storage_down_until = 0.0
 
     @classmethod
@@ -98,12 +100,18 @@ class RateLimiter:
             await self._pool.aclose()
 
     async def _hit(self, items: list[RateLimitItem], *identifiers: str) -> int | None:
+        if self._shared is None:
+            for item in items:
+                retry_after = self._local.hit(item, *identifiers)
+                if retry_after is not None:
+                    return retry_after
+            return None
         if not items or time.monotonic() < self._storage_down_until:
             return None
         try:
             for item in items:
-                if not await self._limiter.hit(item, *identifiers):
-                    stats = await self._limiter.get_window_stats(item, *identifiers)
+                if not await self._shared.hit(item, *identifiers):
+                    stats = await self._shared.get_window_stats(item, *identifiers)
                     return max(1, math.ceil(stats.reset_time - time.time()))
         except (StorageError, OSError) as error:
             self._storage_failed(error)

@@ -101,7 +101,7 @@ async def test_search_by_time_range(
     client: httpx.AsyncClient, token: TokenFactory, settings: Settings, unique_sub: str
 ) -> None:
     await _make_history(client, token, unique_sub)
-    stored = await stored_events(settings.database_url, unique_sub)
+    stored = await stored_events(settings.database_url.get_secret_value(), unique_sub)
     since, until = stored[1].event.occurred_at, stored[3].event.occurred_at
     body = await _search(
         client, token, sub=unique_sub, **{"from": since.isoformat(), "to": until.isoformat()}

@@ -27,7 +27,7 @@ def unique_sub() -> str:
 
 
 async def _only_event(settings: Settings, sub: str) -> ChainedEvent:
-    events = await stored_events(settings.database_url, sub)
+    events = await stored_events(settings.database_url.get_secret_value(), sub)
     assert len(events) == 1, [asdict(item.event) for item in events]
     return events[0]
 
@@ -86,7 +86,7 @@ async def test_each_operation_records_its_action_and_key_version(
     await client.put(key_path(unique_sub), json={"api_key": KEY}, headers=headers)
     response = await client.request(method, key_path(unique_sub, suffix), headers=headers)
     assert response.is_success
-    last = (await stored_events(settings.database_url, unique_sub))[-1].event
+    last = (await stored_events(settings.database_url.get_secret_value(), unique_sub))[-1].event
     assert (last.action, last.outcome, last.key_version) == (action, "ok", 2)
 
 
@@ -153,7 +153,7 @@ async def test_failed_precondition_is_recorded_and_the_key_unchanged(
         headers={**headers, "If-None-Match": "*"},
     )
     assert response.status_code == 412
-    events = await stored_events(settings.database_url, unique_sub)
+    events = await stored_events(settings.database_url.get_secret_value(), unique_sub)
     assert [(item.event.action, item.event.outcome) for item in events] == [
         ("put", "ok"),
         ("put", "precondition_failed"),
@@ -236,7 +236,7 @@ async def test_no_key_or_token_reaches_an_event_or_a_log_line(
     await client.get(key_path(unique_sub), headers=bearer(canary_token + "x"))
     await client.delete(key_path(unique_sub), headers=headers)
 
-    events = await stored_events(settings.database_url, unique_sub)
+    events = await stored_events(settings.database_url.get_secret_value(), unique_sub)
     assert len(events) == 5
     stored_text = json.dumps([item.log_record() for item in events])
     logged_text = "\n".join(record.getMessage() for record in caplog.records)
@@ -262,8 +262,13 @@ async def test_a_rate_limit_raised_by_a_dependency_is_recorded_as_rate_limited(
     def refuse() -> None:
         raise _TooManyRequests("Slow down.", {"Retry-After": "1"})
 
+    # A PUT: the GET of a key is mostly answered by keyvault.read_path, which has no dependencies.
     app.dependency_overrides[get_keyring] = refuse
-    response = await client.get(key_path(unique_sub), headers=bearer(token(unique_sub, ALL)))
+    response = await client.put(
+        key_path(unique_sub),
+        json={"api_key": "sk-never-stored-0123456789"},
+        headers=bearer(token(unique_sub, ALL)),
+    )
     assert response.status_code == 429
     event = (await _only_event(settings, unique_sub)).event
-    assert (event.action, event.outcome, event.actor) == ("get", "rate_limited", unique_sub)
+    assert (event.action, event.outcome, event.actor) == ("put", "rate_limited", unique_sub)

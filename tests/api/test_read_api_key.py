@@ -47,7 +47,7 @@ async def test_reading_a_missing_key_is_404(client: httpx.AsyncClient, token: To
 
 async def _copy_record(settings: Settings, source: str, target: str) -> None:
     """What an attacker with write access to the table would do: move a ciphertext between rows."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         async with session_scope(create_sessionmaker(engine)) as session:
             row = (
@@ -115,7 +115,7 @@ async def test_record_under_an_unconfigured_key_id_is_a_clear_error(
         json={"api_key": "sk-alice-0000000000001"},
         headers=bearer(token("alice", ALL)),
     )
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         async with session_scope(create_sessionmaker(engine)) as session:
             await session.execute(

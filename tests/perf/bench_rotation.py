@@ -1,26 +1,31 @@
 """Benchmark: rewrap throughput of `keyvault rotate` on Postgres, against a plain-UPDATE baseline.
 
-    python -m keyvault.bench_rotation [--records 100000] [--runs 3] [--batch-size 500]
+    python -m tests.perf.bench_rotation [--records 100000] [--runs 3] [--batch-size 500]
 
 Creates a throw-away database on the server (KEYVAULT_BENCH_POSTGRES_URL, an admin URL; default
-the local `root` trust login), seeds the records under one master key through the repository,
-then per run times
+the local `root` trust login), or uses the empty one given with `--database-url` (the caller then
+owns and drops it; `make bench` does this, pinned to the server CPU). Seeds the records under one
+master key through the repository, then per run times
   baseline  one `UPDATE api_keys SET ciphertext = ciphertext` over every row: what the database
             alone needs to rewrite them all, no crypto and no round trips;
-  rewrap    `rotation.rewrap` of every record to the other key (the direction alternates, so each
-            run has all records to do);
-and prints records/s for each, with the median over the runs. Not a test: nothing asserts.
+  rewrap    `rotation.rewrap` (the loop `keyvault rotate` runs, without the process start and the
+            master-key derivation) of every record to the other key; the direction alternates, so
+            each run has all records to do;
+and prints records/s for each, with the median over the runs; `--json` adds one `BENCH_JSON {...}`
+line. Not a test: nothing asserts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from sqlalchemy import text
@@ -103,43 +108,87 @@ async def _rewrap(database_url: str, keyring: Keyring, batch_size: int, records:
     return elapsed
 
 
-async def main(records: int, runs: int, batch_size: int, admin_url: str) -> None:
+async def measure(database_url: str, records: int, runs: int, batch_size: int) -> dict[str, Any]:
+    """Seed `records` into the empty database at `database_url`, then time both, `runs` times."""
+    started = time.perf_counter()
+    key_a, key_b = await _seed(database_url, records)
+    seed_seconds = time.perf_counter() - started
+    print(f"seeded {records} records in {seed_seconds:.1f}s", flush=True)
+    baseline: list[float] = []
+    rewrap: list[float] = []
+    for run in range(runs):
+        # Each measured pass starts from the same state: no dead tuples from the previous one.
+        await _vacuum(database_url)
+        baseline.append(records / await _baseline(database_url))
+        await _vacuum(database_url)
+        # Alternate the direction so every run rewraps every record.
+        keyring = Keyring(key_b, (key_a,)) if run % 2 == 0 else Keyring(key_a, (key_b,))
+        rewrap.append(records / await _rewrap(database_url, keyring, batch_size, records))
+        print(
+            f"run {run + 1}: baseline {baseline[-1]:,.0f} rows/s, rewrap {rewrap[-1]:,.0f} records/s",
+            flush=True,
+        )
+    return {
+        "records": records,
+        "runs": runs,
+        "batch_size": batch_size,
+        "seed_seconds": round(seed_seconds, 1),
+        "baseline_rows_per_s": round(statistics.median(baseline)),
+        "rewrap_records_per_s": round(statistics.median(rewrap)),
+        # Per run, so that both figures of a ratio share the machine's load at that moment.
+        "rewrap_over_baseline": round(
+            statistics.median(r / b for r, b in zip(rewrap, baseline, strict=True)), 4
+        ),
+        "per_run": [
+            {"baseline_rows_per_s": round(b), "rewrap_records_per_s": round(r)}
+            for b, r in zip(baseline, rewrap, strict=True)
+        ],
+    }
+
+
+async def measure_in_throwaway_database(
+    admin_url: str, records: int, runs: int, batch_size: int
+) -> dict[str, Any]:
     name = f"keyvault_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(_dsn(admin_url, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = make_url(admin_url).set(database=name).render_as_string(False)
     try:
-        started = time.perf_counter()
-        key_a, key_b = await _seed(database_url, records)
-        print(f"seeded {records} records in {time.perf_counter() - started:.1f}s")
-        baseline, rewrap = [], []
-        for run in range(runs):
-            await _vacuum(database_url)
-            baseline.append(records / await _baseline(database_url))
-            await _vacuum(database_url)
-            # Alternate the direction so every run rewraps every record.
-            keyring = Keyring(key_b, (key_a,)) if run % 2 == 0 else Keyring(key_a, (key_b,))
-            rewrap.append(records / await _rewrap(database_url, keyring, batch_size, records))
-            print(
-                f"run {run + 1}: baseline {baseline[-1]:,.0f} rows/s, rewrap {rewrap[-1]:,.0f} records/s"
-            )
-        print(
-            f"median over {runs} runs, {records} records, batch {batch_size}: "
-            f"baseline (one plain UPDATE) {statistics.median(baseline):,.0f} rows/s; "
-            f"rewrap {statistics.median(rewrap):,.0f} records/s"
-        )
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        database_url = make_url(admin_url).set(database=name).render_as_string(False)
+        return await measure(database_url, records, runs, batch_size)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=rotation.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--database-url", help="an empty Postgres database the caller drops")
+    parser.add_argument("--json", action="store_true", help="end with a BENCH_JSON line")
     arguments = parser.parse_args()
-    admin_url = os.environ.get("KEYVAULT_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL)
-    asyncio.run(main(arguments.records, arguments.runs, arguments.batch_size, admin_url))
+    if arguments.database_url:
+        work = measure(
+            arguments.database_url, arguments.records, arguments.runs, arguments.batch_size
+        )
+    else:
+        admin_url = os.environ.get("KEYVAULT_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL)
+        work = measure_in_throwaway_database(
+            admin_url, arguments.records, arguments.runs, arguments.batch_size
+        )
+    result = asyncio.run(work)
+    print(
+        f"median over {result['runs']} runs, {result['records']} records, batch "
+        f"{result['batch_size']}: baseline (one plain UPDATE) {result['baseline_rows_per_s']:,} "
+        f"rows/s; rewrap {result['rewrap_records_per_s']:,} records/s "
+        f"({result['rewrap_over_baseline']}x the baseline)"
+    )
+    if arguments.json:
+        print("BENCH_JSON " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""A `keyvault serve` worker freezes what start-up made, so full collections skip it; an app built
+any other way (tests build hundreds) leaves the collector alone."""
+
+from __future__ import annotations
+
+import gc
+
+from keyvault.app import create_app
+from keyvault.config import Settings
+from keyvault.crypto import Keyring
+
+
+async def test_a_served_app_freezes_the_heap_once_started(
+    settings: Settings, keyring: Keyring
+) -> None:
+    gc.unfreeze()
+    app = create_app(settings, keyring=keyring, freeze_startup_objects=True)
+    try:
+        assert gc.get_freeze_count() == 0
+        async with app.router.lifespan_context(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+async def test_an_app_built_otherwise_freezes_nothing(settings: Settings, keyring: Keyring) -> None:
+    gc.unfreeze()
+    app = create_app(settings, keyring=keyring)
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
