@@ -29,6 +29,7 @@ from keyvault.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from keyvault.key_writes import KeyWrites
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
 from keyvault.service import Precondition
 
@@ -38,6 +39,11 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with session_scope(request.app.state.sessions) as session:
         yield session
+
+
+async def get_key_writes(request: Request) -> KeyWrites:
+    writes: KeyWrites = request.app.state.key_writes
+    return writes
 
 
 async def get_record_reader(request: Request) -> repository.RecordReader:
@@ -56,8 +62,20 @@ Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 # The hottest route's one SELECT holds a connection only while it runs (see RecordReader).
 Records = Annotated[repository.RecordReader, Depends(get_record_reader)]
 CurrentKeyring = Annotated[Keyring, Depends(get_keyring)]
+# PUTs share transactions with concurrent PUTs (see key_writes), so they hold no session.
+Writes = Annotated[KeyWrites, Depends(get_key_writes)]
 # Declared before `session` in a route: see get_request_audit for why the order matters.
 Audit = Annotated[RequestAudit, Depends(get_request_audit, scope="function")]
+
+
+async def get_mutation_audit(request: Request) -> RequestAudit:
+    audit: RequestAudit = request.state.audit
+    return audit
+
+
+# A PUT's event commits with its change (key_writes), so there is no event to wait for afterwards:
+# a plain dependency, without the generator's exit stack.
+MutationAudit = Annotated[RequestAudit, Depends(get_mutation_audit)]
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -137,23 +155,26 @@ async def put_api_key(
     sub: SubjectPath,
     body: ApiKeyWrite,
     caller: KeyWriter,
-    audit: Audit,
-    session: Session,
+    audit: MutationAudit,
+    writes: Writes,
     keyring: CurrentKeyring,
-    response: Response,
     if_match: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> KeyStatus:
+) -> Response:
     precondition = Precondition(
         if_match=_entity_tags(if_match), if_none_match_any=(if_none_match or "").strip() == "*"
     )
-    result = await service.put_api_key(
-        session, keyring, sub, body.api_key.get_secret_value(), precondition
+    api_key = body.api_key.get_secret_value()
+    event = audit.success_event()
+    result = await service.put_api_key_audited(writes, keyring, sub, api_key, precondition, event)
+    audit.recorded = True  # committed with the change
+    # Serialised once here, as in read_api_key: the status is already a validated KeyStatus.
+    return Response(
+        result.status.model_dump_json(),
+        status_code=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers={"ETag": result.etag},
     )
-    await audit.succeeded_in(session, key_version=result.status.version)
-    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    response.headers["ETag"] = result.etag
-    return result.status
 
 
 @router.get(

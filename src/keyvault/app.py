@@ -21,6 +21,7 @@ from keyvault.crypto import Keyring
 from keyvault.db import Timeouts, create_engine, create_sessionmaker
 from keyvault.docs import install_docs
 from keyvault.errors import install_error_handlers
+from keyvault.key_writes import KeyWrites
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 from keyvault.ratelimit import AddressRateLimit, RateLimiter
@@ -94,6 +95,7 @@ def create_app(
         app.state.audit = AuditTrail(
             settings.database_url.get_secret_value(), lambda: app.state.keyring
         )
+        app.state.key_writes = KeyWrites(engine, app.state.sessions, app.state.audit)
         try:
             if keyring is None:
                 app.state.keyring = await unlock(
@@ -133,6 +135,7 @@ def create_app(
             yield
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
+            await app.state.key_writes.aclose()
             await app.state.audit.aclose()
             await rate_limiter.aclose()
             if jwks is not None:

@@ -150,6 +150,11 @@ class AuditTrail:
             session.sync_session, "after_commit", lambda _session: log_event(chained), once=True
         )
 
+    def chain_key(self) -> tuple[RootKey, bytes]:
+        """The root key new links are made under, and the audit key derived from it."""
+        root = self._keyring().current
+        return root, self._key(root)
+
     async def aclose(self) -> None:
         await self._group.aclose()
         if self._connection is not None:
@@ -239,6 +244,11 @@ class RequestAudit:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending
+
+    def success_event(self) -> AuditEvent:
+        """A mutation's event for a writer that stores it in the change's own transaction
+        (key_writes.KeyWrites fills in the key version); set `recorded` once that committed."""
+        return self._event(Outcome.ok, None)
 
     async def succeeded_in(self, session: AsyncSession, *, key_version: int | None) -> None:
         """A mutation: its event joins the change in `session`'s transaction."""

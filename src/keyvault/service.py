@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault import metrics, repository
-from keyvault.crypto import Keyring, RecordIntegrityError, UnknownKeyIdError
+from keyvault.audit import AuditEvent
+from keyvault.crypto import Keyring, RecordIntegrityError, SealedRecord, UnknownKeyIdError
 from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
 from keyvault.repository import RecordState
 from keyvault.schemas import ApiKeyRead, KeyStatus
+
+if TYPE_CHECKING:
+    from keyvault.key_writes import KeyWrites
 
 LAST4_MIN_KEY_LENGTH: Final = 12
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -27,6 +31,10 @@ class Precondition:
 
     if_match: frozenset[str] | None = None  # entity tags, or {"*"}
     if_none_match_any: bool = False
+
+    @property
+    def unconditional(self) -> bool:
+        return self.if_match is None and not self.if_none_match_any
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +50,18 @@ def etag_for(state: RecordState) -> str:
     return f'"{state.version}.{created_us}"'
 
 
+@dataclass(frozen=True, slots=True)
+class PutJob:
+    """A PUT ready to run: the key already sealed, and the audit event that must commit with it
+    (its key version is filled in once the write has one)."""
+
+    sub: str
+    sealed: SealedRecord
+    last4: str
+    precondition: Precondition
+    event: AuditEvent
+
+
 async def put_api_key(
     session: AsyncSession,
     keyring: Keyring,
@@ -49,24 +69,52 @@ async def put_api_key(
     api_key: str,
     precondition: Precondition = Precondition(),
 ) -> WriteResult:
-    sealed = keyring.seal(sub, api_key)
-    last4 = last4_of(api_key)
+    """Store the key in `session`'s transaction, without an audit event (seeding, imports)."""
+    records = repository.SessionRecordWrites(session)
+    return await apply_put(
+        records, sub, keyring.seal(sub, api_key), last4_of(api_key), precondition
+    )
+
+
+async def put_api_key_audited(
+    writes: KeyWrites,
+    keyring: Keyring,
+    sub: str,
+    api_key: str,
+    precondition: Precondition,
+    event: AuditEvent,
+) -> WriteResult:
+    """Store the key and its audit event in one transaction, shared with concurrent PUTs."""
+    job = PutJob(sub, keyring.seal(sub, api_key), last4_of(api_key), precondition, event)
+    return await writes.put(job)
+
+
+async def apply_put(
+    records: repository.RecordWrites,
+    sub: str,
+    sealed: SealedRecord,
+    last4: str,
+    precondition: Precondition,
+) -> WriteResult:
+    """The write itself, honouring If-Match / If-None-Match; PreconditionFailed writes nothing."""
     now = datetime.now(UTC)
     if precondition.if_none_match_any:
-        state = await repository.insert_record_if_absent(session, sub, sealed, last4, now)
+        state = await records.insert_if_absent(sub, sealed, last4, now)
         if state is None:
             raise PreconditionFailed("This user already has an API key (If-None-Match: *).")
     elif precondition.if_match is not None:
-        current = await repository.get_state(session, sub)
+        current = await records.get_state(sub)
         if current is None or not _matches(precondition.if_match, current):
             raise PreconditionFailed("The key has changed since the given ETag was issued.")
-        state = await repository.replace_record_if_current(
-            session, sub, current, sealed, last4, now
-        )
+        state = await records.replace_if_current(sub, current, sealed, last4, now)
     else:
-        state = await repository.upsert_record(session, sub, sealed, last4, now)
+        state = await records.upsert(sub, sealed, last4, now)
     if state is None:
         raise PreconditionFailed("The key has changed since the given ETag was issued.")
+    return written(sub, state)
+
+
+def written(sub: str, state: RecordState) -> WriteResult:
     return WriteResult(_status(sub, state), etag_for(state), created=state.version == 1)
 
 
