@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import logging.config
+import select
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -144,13 +145,18 @@ def test_debug_level_opens_keyvaults_debug_lines_but_not_the_libraries(
     ]
 
 
-class _FlushCountingStream(io.StringIO):
+class _RecordingStream(io.StringIO):
+    """Keeps what each flush sent on: one flush of a real stream is one write system call."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.flushes = 0
+        self.flushed: list[str] = []
+        self._since_flush = 0
 
     def flush(self) -> None:
-        self.flushes += 1
+        text = self.getvalue()
+        self.flushed.append(text[self._since_flush :])
+        self._since_flush = len(text)
         super().flush()
 
 
@@ -162,20 +168,42 @@ def _logger_writing_to(stream: io.StringIO, name: str) -> logging.Logger:
     return logger
 
 
-async def test_lines_of_one_loop_turn_are_written_at_once_and_flushed_once() -> None:
-    stream = _FlushCountingStream()
+async def test_lines_of_one_loop_turn_go_out_in_one_write() -> None:
+    stream = _RecordingStream()
     logger = _logger_writing_to(stream, "keyvault.tests.line_handler.loop")
     logger.info("first")
     logger.info("second")
-    assert stream.getvalue() == "first\nsecond\n"
-    assert stream.flushes == 0
+    assert stream.getvalue() == ""
     await asyncio.sleep(0)
-    assert stream.flushes == 1
+    assert stream.flushed == ["first\nsecond\n"]
 
 
-def test_outside_a_loop_every_line_is_flushed_at_once() -> None:
-    stream = _FlushCountingStream()
+async def test_each_write_holds_whole_lines_and_at_most_pipe_buf_bytes() -> None:
+    stream = _RecordingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.chunks")
+    lines = [f"{n:04d}" + "x" * 295 for n in range(40)] + ["y" * 5000, "z"]
+    for line in lines:
+        logger.info(line)
+    await asyncio.sleep(0)
+    assert "".join(stream.flushed) == "".join(line + "\n" for line in lines)
+    for written in stream.flushed:
+        assert written.endswith("\n")
+        assert len(written.encode()) <= select.PIPE_BUF or written.count("\n") == 1
+    assert len(stream.flushed) < len(lines)
+
+
+async def test_a_flush_writes_what_is_kept_at_once() -> None:
+    stream = _RecordingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.exit")
+    logger.info("last words")
+    for handler in logger.handlers:
+        handler.flush()  # what logging.shutdown does at exit
+    assert stream.getvalue() == "last words\n"
+
+
+def test_outside_a_loop_every_line_is_written_at_once() -> None:
+    stream = _RecordingStream()
     logger = _logger_writing_to(stream, "keyvault.tests.line_handler.plain")
     logger.info("first")
     logger.info("second")
-    assert stream.flushes == 2
+    assert stream.flushed == ["first\n", "second\n"]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +16,7 @@ import pytest
 
 from tests.conftest import JWT_SECRET, MASTER_KEY, bearer, key_path, mint
 from tests.prometheus import sample
-from tests.real_server import server_environment, serving
+from tests.real_server import _wait_until_live, free_port, server_environment, serving
 
 pytestmark = pytest.mark.server
 
@@ -138,3 +143,49 @@ def test_workers_report_one_sum_of_their_metrics(tmp_path: Path) -> None:
     assert counts == {before + 40}
     put = {"route": "/users/{sub}/api-key", "method": "PUT", "status": "201"}
     assert {sample(text, "keyvault_http_requests_total", **put) for text in scrapes} == {1}
+
+
+def test_workers_sharing_a_pipe_never_split_a_line(tmp_path: Path) -> None:
+    # Where a container runtime collects stdout: one pipe for every worker. Each worker writes
+    # whole lines of at most PIPE_BUF bytes per write, so lines arrive whole, never interleaved.
+    env = server_environment(sqlite_url(tmp_path))
+    subprocess.run(
+        [sys.executable, "-m", "keyvault", "migrate"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keyvault", "serve", "--port", str(port), "--workers", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.extend(process.stdout or []), daemon=True)
+    reader.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_live(base_url, process)
+
+        def refused_reads(_: int) -> None:
+            no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+            with httpx.Client(base_url=base_url, timeout=10, limits=no_keep_alive) as http:
+                for _ in range(40):
+                    assert http.get(key_path(CANARY_SUB)).status_code == 401
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(refused_reads, range(8)))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+        process.stdout.close()
+
+    lines = [json.loads(line) for line in received if line.strip()]
+    refusals = [line for line in lines if line.get("event") == "request" and line["status"] == 401]
+    assert len(refusals) == 320
