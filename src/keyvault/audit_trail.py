@@ -1,10 +1,10 @@
 """Recording audit events: in the caller's transaction for mutations, by group commit for the rest.
 
 A mutation (PUT, DELETE) writes its event in the request's own transaction, so the change and its
-record commit together or not at all. Reads and refusals go through `GroupCommit`: the first event
-to arrive while no flush is running is flushed at once; events arriving while a flush is in flight
-wait for it and go out together in the next one, so a lone request pays one short transaction and
-a busy server pays one per batch. Each caller waits for the commit of its own event, and a failure
+record commit together or not at all. Reads and refusals go through group commit
+(batching.BatchQueue): the first event to arrive while no flush is running is flushed at once;
+events arriving while a flush is in flight wait for it and go out together in the next one, so a
+lone request pays one short transaction and a busy server pays one per batch. Each caller waits for the commit of its own event, and a failure
 to store it surfaces as `AuditUnavailable` (503): no key is handed out and no denial goes unrecorded.
 
 Every stored event is also logged once, after its commit, as one JSON line on "keyvault.audit".
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -39,6 +39,7 @@ from keyvault.audit import (
     outcome_for_status,
 )
 from keyvault.audit_repository import ChainHeadMissingError, Executor
+from keyvault.batching import Batch, BatchQueue, fail
 from keyvault.crypto import Keyring, RootKey
 from keyvault.db import create_engine
 from keyvault.errors import AuditUnavailable, Problem, problem_response
@@ -61,62 +62,6 @@ def log_event(chained: ChainedEvent) -> None:
     audit_log.info(chained.log_json(), extra={"audit": chained.log_record()})
 
 
-class GroupCommit:
-    """Collects concurrent events and stores each batch with one `write` (one transaction)."""
-
-    def __init__(
-        self,
-        write: Callable[[Sequence[AuditEvent]], Awaitable[list[ChainedEvent]]],
-        max_batch: int = MAX_BATCH,
-    ) -> None:
-        self._write = write
-        self._max_batch = max_batch
-        self._queue: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    def enqueue(self, event: AuditEvent) -> asyncio.Future[ChainedEvent]:
-        """A future resolved once the event is committed (AuditUnavailable when it could not be)."""
-        future: asyncio.Future[ChainedEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._drain())
-        return future
-
-    async def aclose(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._flush(batch)
-        finally:
-            self._flusher = None
-            _fail(self._queue)  # only left over when this task was cancelled
-            self._queue = []
-
-    async def _flush(self, batch: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]]) -> None:
-        try:
-            chained = await self._write([event for event, _ in batch])
-        except BaseException as error:
-            _fail(batch)
-            if not isinstance(error, Exception):
-                raise
-            log.error("audit events could not be stored (%s)", type(error).__name__)
-            return
-        for (_, future), stored in zip(batch, chained, strict=True):
-            if not future.done():
-                future.set_result(stored)
-
-
-def _fail(batch: list[tuple[AuditEvent, asyncio.Future[ChainedEvent]]]) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(AuditUnavailable())
-
-
 class AuditTrail:
     """The process's audit writer. New links use the keyring's current root key."""
 
@@ -129,15 +74,15 @@ class AuditTrail:
         self._head: ChainHead | None = None  # the head as this process last wrote it
         self._keyring = keyring
         self._keys: dict[str, bytes] = {}
-        self._group = GroupCommit(self._store_batch)
+        self._group: BatchQueue[AuditEvent, ChainedEvent] = BatchQueue(self._flush, MAX_BATCH)
 
     async def record(self, event: AuditEvent) -> ChainedEvent:
         """Store `event` by group commit and return once it is committed."""
-        return await self._group.enqueue(event)
+        return await self._group.submit(event)
 
     def record_soon(self, event: AuditEvent) -> asyncio.Future[ChainedEvent]:
         """Start storing `event` by group commit; await the future for its commit."""
-        return self._group.enqueue(event)
+        return self._group.submit(event)
 
     async def record_in(self, session: AsyncSession, event: AuditEvent) -> None:
         """Store `event` in `session`'s transaction; it is logged only if that transaction commits."""
@@ -161,6 +106,19 @@ class AuditTrail:
             await self._connection.close()
             self._connection = None
         await self._engine.dispose()
+
+    async def _flush(self, batch: Batch[AuditEvent, ChainedEvent]) -> None:
+        try:
+            chained = await self._store_batch([event for event, _ in batch])
+        except BaseException as error:
+            fail(batch, AuditUnavailable)
+            if not isinstance(error, Exception):
+                raise
+            log.error("audit events could not be stored (%s)", type(error).__name__)
+            return
+        for (_, future), stored in zip(batch, chained, strict=True):
+            if not future.done():
+                future.set_result(stored)
 
     async def _store_batch(self, events: Sequence[AuditEvent]) -> list[ChainedEvent]:
         chained = None

@@ -17,7 +17,6 @@ A caller that goes away while waiting does not take its write back: it may still
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from keyvault import audit_repository, service
 from keyvault.audit import AuditEvent, ChainedEvent
 from keyvault.audit_trail import AuditTrail, log_event
+from keyvault.batching import Batch, BatchQueue, fail
 from keyvault.db import driver_connection, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.repository import (
@@ -74,40 +74,20 @@ class KeyWrites:
         self._sessions = sessions
         self._trail = trail
         self._direct = engine.dialect.name == "postgresql"
-        self._max_batch = max_batch
-        self._queue: list[tuple[PutJob, asyncio.Future[Outcome]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._batches: BatchQueue[PutJob, Outcome] = BatchQueue(self._run, max_batch)
 
     async def put(self, job: PutJob) -> WriteResult:
         """Run `job` in the next batch; returns once it is committed with its audit event."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((job, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._drain())
-        outcome = await future
+        outcome = await self._batches.submit(job)
         if isinstance(outcome, PreconditionFailed):
             raise outcome
         return outcome
 
     async def aclose(self) -> None:
         """Wait for the batches already queued (graceful shutdown)."""
-        if self._flusher is not None:
-            await self._flusher
+        await self._batches.aclose()
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._run(batch)
-        finally:
-            self._flusher = None
-            for _, future in self._queue:  # only left over when this task was cancelled
-                if not future.done():
-                    future.set_exception(AuditUnavailable())
-            self._queue = []
-
-    async def _run(self, batch: list[tuple[PutJob, asyncio.Future[Outcome]]]) -> None:
+    async def _run(self, batch: Batch[PutJob, Outcome]) -> None:
         try:
             outcomes = await self._commit([job for job, _ in batch])
         except _WriteFailed as failed:
@@ -115,10 +95,12 @@ class KeyWrites:
                 for pending in batch:
                     await self._run([pending])
                 return
-            _settle_with_error(batch, failed.error)
+            write_error = failed.error
+            fail(batch, lambda: write_error)
             return
         except BaseException as error:
-            _settle_with_error(batch, error if isinstance(error, Exception) else AuditUnavailable())
+            settled = error if isinstance(error, Exception) else AuditUnavailable()
+            fail(batch, lambda: settled)
             if not isinstance(error, Exception):
                 raise
             return
@@ -221,11 +203,3 @@ def _worth_retrying_alone(error: Exception) -> bool:
 def _outage(error: BaseException | None) -> bool:
     sqlstate = getattr(error, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
-
-
-def _settle_with_error(
-    batch: list[tuple[PutJob, asyncio.Future[Outcome]]], error: Exception
-) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
