@@ -57,14 +57,7 @@ def server_environment(database_url: str, **settings: str) -> dict[str, str]:
 @contextmanager
 def serving(workdir: Path, env: dict[str, str], *serve_args: str) -> Iterator[RunningServer]:
     """Migrate, start `keyvault serve`, wait for /healthz; SIGTERM and wait for exit afterwards."""
-    subprocess.run(
-        [sys.executable, "-m", "keyvault", "migrate"],
-        cwd=workdir,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=STARTUP_DEADLINE_SECONDS,
-    )
+    migrate(workdir, env)
     port = free_port()
     server = RunningServer(
         f"http://127.0.0.1:{port}", workdir / "server.stdout", workdir / "server.stderr"
@@ -78,18 +71,34 @@ def serving(workdir: Path, env: dict[str, str], *serve_args: str) -> Iterator[Ru
             stderr=stderr,
         )
     try:
-        _wait_until_live(server.base_url, process)
+        wait_until_live(server.base_url, process)
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=SHUTDOWN_DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
-def _wait_until_live(base_url: str, process: subprocess.Popen[bytes]) -> None:
+def migrate(workdir: Path, env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "keyvault", "migrate"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=STARTUP_DEADLINE_SECONDS,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an orchestrator stops it; killed if it has not exited by the deadline."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=SHUTDOWN_DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until_live(base_url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,14 @@ import pytest
 
 from tests.conftest import JWT_SECRET, MASTER_KEY, bearer, key_path, mint
 from tests.prometheus import sample
-from tests.real_server import _wait_until_live, free_port, server_environment, serving
+from tests.real_server import (
+    free_port,
+    migrate,
+    server_environment,
+    serving,
+    stop,
+    wait_until_live,
+)
 
 pytestmark = pytest.mark.server
 
@@ -149,13 +155,7 @@ def test_workers_sharing_a_pipe_never_split_a_line(tmp_path: Path) -> None:
     # Where a container runtime collects stdout: one pipe for every worker. Each worker writes
     # whole lines of at most PIPE_BUF bytes per write, so lines arrive whole, never interleaved.
     env = server_environment(sqlite_url(tmp_path))
-    subprocess.run(
-        [sys.executable, "-m", "keyvault", "migrate"],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    migrate(tmp_path, env)
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "keyvault", "serve", "--port", str(port), "--workers", "2"],
@@ -170,7 +170,7 @@ def test_workers_sharing_a_pipe_never_split_a_line(tmp_path: Path) -> None:
     reader.start()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_live(base_url, process)
+        wait_until_live(base_url, process)
 
         def refused_reads(_: int) -> None:
             no_keep_alive = httpx.Limits(max_keepalive_connections=0)
@@ -181,8 +181,7 @@ def test_workers_sharing_a_pipe_never_split_a_line(tmp_path: Path) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(refused_reads, range(8)))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop(process)
         reader.join(timeout=10)
         process.stdout.close()
 
