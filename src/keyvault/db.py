@@ -11,7 +11,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -159,3 +160,33 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         raise
     finally:
         await greenlet_spawn(pooled.close)
+
+
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def is_database_outage(error: BaseException) -> bool:
+    """An unreachable, overloaded or stopping database: retrying later may work (503), and the
+    error says nothing about the statement that met it. Paths that query asyncpg directly
+    (driver_connection) see its errors unwrapped, so both kinds are recognised."""
+    if isinstance(
+        error,
+        (
+            OperationalError,
+            PoolTimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+        ),
+    ):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or _is_outage_sqlstate(error.orig)
+    # asyncpg raises its own errors (and OSError, TimeoutError) while connecting, untranslated.
+    return isinstance(error, (OSError, TimeoutError)) or _is_outage_sqlstate(error)
+
+
+def _is_outage_sqlstate(error: BaseException | None) -> bool:
+    """SQLSTATE classes 08 (connection), 53 (resources: too many connections, disk full) and 57
+    (operator intervention: shutting down, starting up, statement timeout): retrying may work."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES

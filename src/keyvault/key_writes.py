@@ -24,14 +24,14 @@ from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keyvault import audit_repository, service
 from keyvault.audit import AuditEvent, ChainedEvent
 from keyvault.audit_trail import AuditTrail, log_event
 from keyvault.batching import Batch, BatchQueue, fail
-from keyvault.db import driver_connection, session_scope
+from keyvault.db import driver_connection, is_database_outage, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.repository import (
     DriverRecordWrites,
@@ -44,9 +44,6 @@ from keyvault.service import PutJob, WriteResult
 log = logging.getLogger("keyvault")
 
 MAX_BATCH: Final = 64
-# SQLSTATE classes of an unreachable or overloaded database (as middleware treats them): retrying
-# each write alone would only make every caller wait for the same failure again.
-_OUTAGE_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57"})
 
 Outcome = WriteResult | PreconditionFailed
 Append = Callable[[Sequence[AuditEvent]], Awaitable[list[ChainedEvent]]]
@@ -189,17 +186,4 @@ async def _write(records: RecordWrites, jobs: Sequence[PutJob]) -> list[Outcome]
 
 def _worth_retrying_alone(error: Exception) -> bool:
     """A statement error one write may have caused (a constraint, a trigger), not an outage."""
-    if isinstance(error, asyncpg.PostgresError):
-        return not isinstance(error, asyncpg.PostgresConnectionError) and not _outage(error)
-    if isinstance(error, DBAPIError):
-        return not (
-            isinstance(error, OperationalError)
-            or error.connection_invalidated
-            or _outage(error.orig)
-        )
-    return False
-
-
-def _outage(error: BaseException | None) -> bool:
-    sqlstate = getattr(error, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
+    return isinstance(error, (asyncpg.PostgresError, DBAPIError)) and not is_database_outage(error)

@@ -7,18 +7,15 @@ import re
 import secrets
 from contextvars import ContextVar
 
-import asyncpg
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyvault.db import is_database_outage
 from keyvault.errors import PayloadTooLarge, problem_response
 from keyvault.metrics import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("keyvault")
 
 DATABASE_RETRY_AFTER_SECONDS = "1"
-_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed into logs and headers, so only a plain token is taken as given.
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -142,7 +139,7 @@ class LastResortErrors:
 async def _respond_to_unexpected(
     error: Exception, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    if _is_database_outage(error):
+    if is_database_outage(error):
         DATABASE_UNAVAILABLE.inc()
         log.warning(
             "database unavailable (%s)",
@@ -162,31 +159,6 @@ async def _respond_to_unexpected(
             500, "internal-error", "Internal server error", "An unexpected error occurred."
         )
     await response(scope, receive, send)
-
-
-def _is_database_outage(error: BaseException) -> bool:
-    # The read path queries asyncpg directly (db.driver_connection), so its errors arrive unwrapped.
-    if isinstance(
-        error,
-        (
-            OperationalError,
-            PoolTimeoutError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-        ),
-    ):
-        return True
-    if isinstance(error, DBAPIError):
-        return error.connection_invalidated or _is_outage_sqlstate(error.orig)
-    # asyncpg raises its own errors (and OSError, TimeoutError) while connecting, untranslated.
-    return isinstance(error, (OSError, TimeoutError)) or _is_outage_sqlstate(error)
-
-
-def _is_outage_sqlstate(error: BaseException | None) -> bool:
-    """SQLSTATE classes 08 (connection), 53 (resources: too many connections, disk full) and 57
-    (operator intervention: shutting down, starting up, statement timeout): retrying may work."""
-    sqlstate = getattr(error, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
 
 
 class SecurityHeaders:
