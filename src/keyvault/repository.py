@@ -141,11 +141,8 @@ class RecordReader:
 
 
 def _stored_record(row: Any) -> StoredRecord:
-    format_version, key_id, salt, nonce, ciphertext, last4, version, created_at, updated_at = row
-    sealed = SealedRecord(format_version, key_id, salt, nonce, ciphertext)
-    # asyncpg already gives aware datetimes; astimezone keeps both paths' values identical (UTC).
-    state = RecordState(last4, version, created_at.astimezone(UTC), updated_at.astimezone(UTC))
-    return StoredRecord(sealed, state)
+    sealed = SealedRecord(*row[:5])
+    return StoredRecord(sealed, _driver_state(row[5:]))
 
 
 async def get_state(session: AsyncSession, sub: str) -> RecordState | None:
@@ -402,7 +399,9 @@ def _driver_values(sub: str, sealed: SealedRecord, last4: str, now: datetime) ->
 
 
 def _driver_state(row: Any) -> RecordState:
+    """last4, version, created_at, updated_at from an asyncpg row (or a slice of one)."""
     last4, version, created_at, updated_at = row
+    # asyncpg already gives aware datetimes; astimezone keeps both paths' values identical (UTC).
     return RecordState(last4, version, created_at.astimezone(UTC), updated_at.astimezone(UTC))
 
 
