@@ -69,9 +69,10 @@ class PrivateService:
 
 @asynccontextmanager
 async def private_service(
-    backend: str, tmp_path: Path, **overrides: Any
+    backend: str, tmp_path: Path, *, short_paths: bool = True, **overrides: Any
 ) -> AsyncIterator[PrivateService]:
-    """The service over a database of its own, unlocked for real with the test master key."""
+    """The service over a database of its own, unlocked for real with the test master key
+    (`short_paths`: see app.create_app)."""
     url = await fresh_database_url(backend, tmp_path)
     try:
         await asyncio.to_thread(upgrade_to_head, url)
@@ -83,7 +84,7 @@ async def private_service(
             )
         finally:
             await engine.dispose()
-        app = create_app(settings, keyring=keyring)
+        app = create_app(settings, keyring=keyring, short_paths=short_paths)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(

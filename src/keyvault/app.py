@@ -29,6 +29,7 @@ from keyvault.read_path import ReadPath
 from keyvault.repository import RecordReader
 from keyvault.stepup import StepUpPolicy
 from keyvault.telemetry import RequestTelemetry
+from keyvault.write_path import WritePath
 
 log = logging.getLogger("keyvault")
 
@@ -51,7 +52,8 @@ def create_served_app() -> KeyvaultApp:
 
 
 class KeyvaultApp(FastAPI):
-    """The FastAPI app, with the key read's short path (keyvault.read_path) in front of it."""
+    """The FastAPI app, with the key read's short path (keyvault.read_path) in front of it; the
+    key write's (keyvault.write_path) is its innermost middleware."""
 
     read_path: ReadPath | None = None
 
@@ -64,11 +66,11 @@ def create_app(
     settings: Settings | None = None,
     keyring: Keyring | None = None,
     *,
-    short_read_path: bool = True,
+    short_paths: bool = True,
     freeze_startup_objects: bool = False,
 ) -> KeyvaultApp:
     """The service. `keyring` lets tests skip re-deriving the root key for every app they build;
-    `short_read_path=False` sends every read through FastAPI, for tests comparing the two;
+    `short_paths=False` sends every read and write through FastAPI, for tests comparing the two;
     `freeze_startup_objects` is for a server process (see create_served_app)."""
     settings = settings or get_settings()
     rate_limiter = RateLimiter.from_settings(settings)
@@ -143,7 +145,8 @@ def create_app(
             await engine.dispose()
 
     # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
-    # RequestId so its log line carries the request id. ReadPath wraps its endpoint in these too.
+    # RequestId so its log line carries the request id. ReadPath wraps its endpoint in these too;
+    # WritePath goes inside them all.
     edge = [
         Middleware(RequestId),
         Middleware(RequestTelemetry),
@@ -152,6 +155,7 @@ def create_app(
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         Middleware(LastResortErrors),
     ]
+    write_path = [Middleware(WritePath, route=_route_of(api.put_api_key))] if short_paths else []
     # docs_url/redoc_url None: FastAPI's own pages load from CDNs; docs.py serves /docs locally.
     app = KeyvaultApp(
         title="keyvault",
@@ -160,7 +164,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        middleware=edge,
+        middleware=[*edge, *write_path],
     )
     app.state.rate_limiter = rate_limiter
     app.state.metrics_token = settings.metrics_token
@@ -172,7 +176,7 @@ def create_app(
     install_docs(app)
     install_error_handlers(app)
     install_audit_recording(app)
-    app.read_path = ReadPath(app, _route_of(api.read_api_key), edge) if short_read_path else None
+    app.read_path = ReadPath(app, _route_of(api.read_api_key), edge) if short_paths else None
     return app
 
 

@@ -325,10 +325,12 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-# READ_ACCESS is also what keyvault.read_path checks on the short path for the same route.
+# READ_ACCESS and WRITE_ACCESS are also what keyvault.read_path and keyvault.write_path check on
+# their short paths for the same routes.
 READ_ACCESS: Final = Access((Scope.read,), step_up="read")
 KeyReader = Annotated[Principal, Depends(require(READ_ACCESS))]
-KeyWriter = Annotated[Principal, Depends(require(Access((Scope.write,), step_up="write")))]
+WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
+KeyWriter = Annotated[Principal, Depends(require(WRITE_ACCESS))]
 KeyDeleter = Annotated[Principal, Depends(require(Access((Scope.delete,), step_up="delete")))]
 AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
 # Seeing whether a key exists, or who used it, takes any of the three key scopes.

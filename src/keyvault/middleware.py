@@ -86,7 +86,7 @@ class BodySizeLimit:
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(messages, receive), send)
+        await self.app(scope, replay(messages, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"The request body is larger than {self.max_bytes} bytes."
@@ -96,7 +96,8 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that gives `messages` back first, then reads on from `receive`."""
     pending = list(messages)
 
     async def replaying_receive() -> Message:

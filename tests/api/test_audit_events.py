@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keyvault.api import get_keyring
+from keyvault.api import get_session
 from keyvault.audit import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
@@ -262,13 +262,10 @@ async def test_a_rate_limit_raised_by_a_dependency_is_recorded_as_rate_limited(
     def refuse() -> None:
         raise _TooManyRequests("Slow down.", {"Retry-After": "1"})
 
-    # A PUT: the GET of a key is mostly answered by keyvault.read_path, which has no dependencies.
-    app.dependency_overrides[get_keyring] = refuse
-    response = await client.put(
-        key_path(unique_sub),
-        json={"api_key": "sk-never-stored-0123456789"},
-        headers=bearer(token(unique_sub, ALL)),
-    )
+    # A DELETE: a GET or PUT of a key is mostly answered by keyvault.read_path or write_path,
+    # which have no dependencies.
+    app.dependency_overrides[get_session] = refuse
+    response = await client.delete(key_path(unique_sub), headers=bearer(token(unique_sub, ALL)))
     assert response.status_code == 429
     event = (await _only_event(settings, unique_sub)).event
-    assert (event.action, event.outcome, event.actor) == ("put", "rate_limited", unique_sub)
+    assert (event.action, event.outcome, event.actor) == ("delete", "rate_limited", unique_sub)

@@ -84,7 +84,7 @@ async def two_paths(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIter
         full_app = create_app(
             make_settings(service.database_url, **overrides),
             keyring=service.keyring,
-            short_read_path=False,
+            short_paths=False,
         )
         async with full_app.router.lifespan_context(full_app):
             transport = httpx.ASGITransport(app=full_app)

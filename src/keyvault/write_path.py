@@ -1,0 +1,169 @@
+"""PUT /users/{sub}/api-key on a short path around FastAPI's per-request machinery.
+
+The write's counterpart of keyvault.read_path: FastAPI's router, body parsing and dependency
+injection cost more CPU than the write does itself (README, Performance). A PUT has a body, and
+whether the body is valid decides which path answers it, so this path is the innermost middleware
+rather than a wrapper in front of the app: it runs inside keyvault's own middleware (request id,
+telemetry, security headers, address rate limit, body size limit, last-resort errors), and a
+request it does not take goes on to the FastAPI router with its body given back as it arrived.
+
+    PUT on the write route, a JSON body, a bearer token that verifies, access allowed for the sub,
+        a body FastAPI would accept as ApiKeyWrite (pure checks; anything else goes on to the
+        FastAPI route, which answers and audits it as it does on every route)
+    → principal rate limit → seal, store and audit event in one shared transaction → 200 or 201
+
+A refusal that can only come after a side effect (429, 412, 503) is answered by the FastAPI app's
+own exception handler for `Problem`, which records the audit event exactly as it does for the
+FastAPI route. tests/api/test_write_paths_agree.py sends the same requests down both paths and
+compares them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyvault import api, service
+from keyvault.audit import Action
+from keyvault.audit_trail import RequestAudit
+from keyvault.auth import (
+    WRITE_ACCESS,
+    Principal,
+    TokenVerifier,
+    bearer_token,
+    check_access,
+    valid_subject,
+)
+from keyvault.errors import Problem
+from keyvault.middleware import replay
+from keyvault.schemas import ApiKeyWrite
+
+ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class WritePath:
+    """Serves the requests to `route` that it can answer on the short path; see the module doc."""
+
+    def __init__(self, app: ASGIApp, route: APIRoute) -> None:
+        self.app = app
+        self._route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "PUT":
+            await self.app(scope, receive, send)
+            return
+        match, child_scope = self._route.matches(scope)
+        headers = _WriteHeaders(scope["headers"])
+        principal = None
+        if match is Match.FULL and headers.json_body:
+            principal = await _admitted(scope, headers, child_scope["path_params"]["sub"])
+        if principal is None:
+            await self.app(scope, receive, send)
+            return
+        messages = await _body_messages(receive)
+        write = _parsed(b"".join(message.get("body", b"") for message in messages))
+        if write is None:
+            await self.app(scope, replay(messages, receive), send)
+            return
+        scope.update(child_scope)
+        state = scope.setdefault("state", {})
+        state["principal"] = principal  # as auth.authenticate leaves them, for audit and log line
+        state["actor"] = principal.sub
+        await _write(scope, receive, send, write, headers)
+
+
+class _WriteHeaders:
+    """What a PUT's headers say, read in one pass, the way FastAPI reads them (first one wins)."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.json_body = False
+        self.authorization: str | None = None
+        self.if_match: str | None = None
+        self.if_none_match: str | None = None
+        seen: set[bytes] = set()
+        for name, value in raw:
+            if name in seen:
+                continue
+            seen.add(name)
+            if name == b"content-type":
+                media_type = value.split(b";", 1)[0].strip().lower()
+                self.json_body = media_type == b"application/json"
+            elif name == b"authorization":
+                self.authorization = value.decode("latin-1")
+            elif name == b"if-match":
+                self.if_match = value.decode("latin-1")
+            elif name == b"if-none-match":
+                self.if_none_match = value.decode("latin-1")
+
+
+async def _admitted(scope: Scope, headers: _WriteHeaders, sub: str) -> Principal | None:
+    """The caller, when the checks the FastAPI route makes before any side effect all pass;
+    None otherwise. Counts nothing, records nothing."""
+    token = bearer_token(headers.authorization)
+    if token is None or not valid_subject(sub):
+        return None
+    state = scope["app"].state
+    verifier: TokenVerifier = state.token_verifier
+    try:
+        principal = await verifier.verify(token)
+        check_access(principal, sub, WRITE_ACCESS, state.step_up, now=time.time())
+    except Problem:
+        return None
+    return principal
+
+
+async def _body_messages(receive: Receive) -> list[Message]:
+    """The request's body messages, all of them (middleware.BodySizeLimit bounds their size)."""
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _parsed(body: bytes) -> ApiKeyWrite | None:
+    """The body as FastAPI parses it for the route (json.loads, then the model), or None when it
+    would refuse it: FastAPI then gives its own answer, 422 or 400, and records it."""
+    try:
+        return ApiKeyWrite.model_validate(json.loads(body))
+    except Exception:  # any refusal at all, even a RecursionError from deeply nested JSON
+        return None
+
+
+async def _write(
+    scope: Scope, receive: Receive, send: Send, write: ApiKeyWrite, headers: _WriteHeaders
+) -> None:
+    """The endpoint: what the FastAPI route and its audit, rate-limit and writer dependencies do,
+    in their order."""
+    request = Request(scope, receive)
+    keyvault = scope["app"]
+    state = keyvault.state
+    audit = RequestAudit(state.audit, request, Action.put)
+    request.state.audit = audit
+    sub: str = scope["path_params"]["sub"]
+    try:
+        await state.rate_limiter.enforce_for_principal(request.state.principal.sub)
+        result = await service.put_api_key_audited(
+            state.key_writes,
+            state.keyring,
+            sub,
+            write.api_key.get_secret_value(),
+            api.precondition_of(headers.if_match, headers.if_none_match),
+            audit.success_event(),
+        )
+        audit.recorded = True  # committed with the change
+        response = api.written_response(result)
+    except Problem as problem:
+        on_problem: ProblemHandler = keyvault.exception_handlers[Problem]
+        response = await on_problem(request, problem)
+    finally:
+        # The audit entry refers to the request whose state holds it: see read_path._read.
+        del scope["state"]["audit"]
+    await response(scope, receive, send)
