@@ -51,6 +51,18 @@ def test_the_current_request_id_is_on_every_line() -> None:
     assert line["request_id"] == "req-1234"
 
 
+def test_a_request_id_passed_as_extra_wins_over_the_current_one() -> None:
+    token = current_request_id.set("req-of-the-task")
+    try:
+        named = formatted(make_record(request_id="req-described"))
+        none = formatted(make_record(request_id=None))
+    finally:
+        current_request_id.reset(token)
+
+    assert named["request_id"] == "req-described"
+    assert "request_id" not in none
+
+
 def test_extra_fields_are_top_level_and_an_audit_event_stays_nested() -> None:
     audit = {"action": "api_key.read", "target": "alice", "outcome": "ok"}
 

@@ -45,9 +45,10 @@ Scopes: `api-key:read`, `api-key:write`, `api-key:delete` act on the token's own
 def create_served_app() -> KeyvaultApp:
     """The app each `keyvault serve` worker runs. Only there is the heap frozen after start-up: a
     test process builds many apps, and what it froze would never be collected."""
-    # Every request logs a line or two; the JSON lines carry no thread or process names, so
-    # logging need not look them up for each record.
+    # Every request logs a line or two; the JSON lines carry no thread or process names and no
+    # source location, so logging need not look them up (or walk the stack) for each record.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     return create_app(freeze_startup_objects=True)
 
 

@@ -60,7 +60,10 @@ def log_event(chained: ChainedEvent) -> None:
     # hands the same fields to a structured formatter.
     if not audit_log.isEnabledFor(logging.INFO):
         return
-    audit_log.info(chained.log_json(), extra={"audit": chained.log_record()})
+    audit_log.info(
+        chained.log_json(),
+        extra={"audit": chained.log_record(), "request_id": chained.event.request_id},
+    )
 
 
 class AuditTrail:

@@ -27,34 +27,56 @@ _RECORD_ATTRIBUTES: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, 
     "asctime",
     "taskName",
 }
-# uvicorn repeats each message with terminal colours under this name.
-_IGNORED_EXTRAS: Final = frozenset({"color_message"})
+# Not copied from a record as extras: what every LogRecord has, what uvicorn repeats with terminal
+# colours, and the request id (placed by JsonFormatter.format itself).
+_NOT_EXTRAS: Final = _RECORD_ATTRIBUTES | {"color_message", "request_id"}
 _MAX_FRAMES: Final = 20
 _TRACEBACK_MARK: Final = "Traceback (most recent call last):"
 _NAME: Final = re.compile(r"[A-Za-z_][\w.]*")
 
 
+# json.dumps(..., default=str) would build an encoder for every line.
+_ENCODER: Final = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # Every request logs a line or two, mostly within the same second: its text is kept.
+        self._second = -1
+        self._second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         if _TRACEBACK_MARK in line["message"]:
             line["message"], line["exc_type"] = _without_traceback(line["message"])
-        request_id = current_request_id.get()
+        # A request_id passed in `extra` wins: an audit event is logged by whichever request's task
+        # stored its batch, and names the request it describes.
+        request_id = record.__dict__.get("request_id", current_request_id.get())
         if request_id is not None:
             line["request_id"] = request_id
         for name, value in record.__dict__.items():
-            if name not in _RECORD_ATTRIBUTES and name not in _IGNORED_EXTRAS and name not in line:
+            if name not in _NOT_EXTRAS and name not in line:
                 line[name] = value
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             line["exc_type"] = type(error).__name__
             line["exc_frames"] = _frames(error)
-        return json.dumps(line, default=str)
+        return _ENCODER.encode(line)
+
+    def _time(self, record: logging.LogRecord) -> str:
+        """The record's time as ISO 8601 in UTC to the millisecond (…T05:27:23.794+00:00).
+        Called under the handler's lock, like all of format."""
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}+00:00"
 
 
 def _without_traceback(message: str) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from keyvault.api import get_session
 from keyvault.audit import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
+from keyvault.logs import JsonFormatter
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
@@ -216,6 +218,32 @@ async def test_each_event_is_logged_as_one_json_line(
     assert all(isinstance(line["seq"], int) and line["link"] for line in mine)
     records = [record for record in caplog.records if record.name == "keyvault.audit"]
     assert all(json.loads(record.getMessage()) == record.__dict__["audit"] for record in records)
+
+
+async def test_each_events_line_names_the_request_it_describes(
+    client: httpx.AsyncClient,
+    token: TokenFactory,
+    unique_sub: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="keyvault.audit")
+    headers = bearer(token(unique_sub, ALL))
+    await client.put(key_path(unique_sub), json={"api_key": KEY}, headers=headers)
+    # Concurrent reads: their events are stored in batches, each by one of the reads' tasks.
+    reads = await asyncio.gather(
+        *(client.get(key_path(unique_sub), headers=headers) for _ in range(10))
+    )
+    lines = [
+        json.loads(JsonFormatter().format(record))
+        for record in caplog.records
+        if record.name == "keyvault.audit"
+    ]
+    request_ids = [
+        line["request_id"]
+        for line in lines
+        if line["audit"]["target"] == unique_sub and line["audit"]["action"] == "get"
+    ]
+    assert sorted(request_ids) == sorted(read.headers["x-request-id"] for read in reads)
 
 
 async def test_no_key_or_token_reaches_an_event_or_a_log_line(
