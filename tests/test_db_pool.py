@@ -113,3 +113,91 @@ async def test_configured_pool_size_is_the_request_pool_of_the_app(
         # No overflow: a fourth request waits out the pool timeout instead of opening another.
         with pytest.raises(PoolTimeoutError):
             await held.enter_async_context(engine.connect())
+
+
+async def _kept_backend_pid(connections: db.KeptDriverConnections) -> int:
+    async with connections.connection() as connection:
+        pid: int = await connection.fetchval("SELECT pg_backend_pid()")
+        return pid
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_kept_connections_are_reused_up_to_keep_and_given_back_on_close(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, keep=1)
+    try:
+        first = await _kept_backend_pid(connections)
+        assert await _kept_backend_pid(connections) == first
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+        async with connections.connection(), connections.connection():
+            assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+        await connections.aclose()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_kept_connection_that_went_stale_is_replaced_before_use(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every kept connection counts as idle
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, keep=1)
+    try:
+        stale = await _kept_backend_pid(connections)
+        await _terminate(stale)
+
+        assert await _kept_backend_pid(connections) != stale
+        await connections.aclose()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_kept_connection_killed_under_it_fails_once_then_reads_recover(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)  # recently used: no ping
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, keep=1)
+    try:
+        killed = await _kept_backend_pid(connections)
+        await _terminate(killed)
+
+        with pytest.raises((OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+            await _kept_backend_pid(connections)
+        assert await _kept_backend_pid(connections) != killed
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_cut_off_statement_gives_its_connection_back_to_the_pool(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, keep=1)
+
+    async def slow_query() -> None:
+        async with connections.connection() as connection:
+            await connection.fetchval("SELECT pg_sleep(5)")
+
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow_query(), timeout=0.2)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The pool's only connection is usable again, by the pool's other users too.
+        assert await _backend_pid(engine) > 0
+        assert await _kept_backend_pid(connections) > 0
+    finally:
+        await connections.aclose()
+        await engine.dispose()

@@ -90,7 +90,9 @@ def create_app(
         )
         app.state.sessions = create_sessionmaker(engine)
         app.state.record_counts = metrics.RecordCounts(app.state.sessions)
-        app.state.record_reader = RecordReader(engine, app.state.sessions)
+        app.state.record_reader = RecordReader(
+            engine, app.state.sessions, settings.database_pool_size
+        )
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
@@ -139,6 +141,7 @@ def create_app(
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
             await app.state.key_writes.aclose()
+            await app.state.record_reader.aclose()
             await app.state.audit.aclose()
             await rate_limiter.aclose()
             if jwks is not None:

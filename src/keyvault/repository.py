@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keyvault.crypto import SealedRecord
-from keyvault.db import driver_connection, session_scope
+from keyvault.db import KeptDriverConnections, session_scope
 from keyvault.models import ApiKeyRecord, Deployment, MasterKeyVerifier
 
 _RECORD_COLUMNS = (
@@ -121,23 +121,29 @@ async def get_record(session: AsyncSession, sub: str) -> StoredRecord | None:
 class RecordReader:
     """The read path's access to records: one SELECT, on a connection held only for it.
 
-    On Postgres it runs on the pooled asyncpg connection itself (see db.driver_connection): going
+    On Postgres it runs on a pooled asyncpg connection itself (see db.KeptDriverConnections): going
     through a session costs several times the query's own CPU time. Elsewhere it is get_record
     in a session of its own. One statement sees one consistent snapshot either way.
     """
 
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._engine = engine
+    def __init__(
+        self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], pool_size: int
+    ) -> None:
         self._sessions = sessions
         self._direct = engine.dialect.name == "postgresql"
+        # A third of the pool at most: the rest stays free for writes and everything else.
+        self._connections = KeptDriverConnections(engine, keep=pool_size // 3)
 
     async def get_record(self, sub: str) -> StoredRecord | None:
         if not self._direct:
             async with session_scope(self._sessions) as session:
                 return await get_record(session, sub)
-        async with driver_connection(self._engine) as connection:
+        async with self._connections.connection() as connection:
             row = await connection.fetchrow(_GET_RECORD_SQL, sub)
         return None if row is None else _stored_record(row)
+
+    async def aclose(self) -> None:
+        await self._connections.aclose()
 
 
 def _stored_record(row: Any) -> StoredRecord:
