@@ -6,10 +6,12 @@ actor is the verified token's `sub`, which `auth.authenticate` leaves on the req
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Final
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyvault import metrics
@@ -49,8 +51,9 @@ class RequestTelemetry:
 def _record(scope: Scope, status: int, seconds: float) -> None:
     route = route_template(scope)
     method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-    metrics.REQUESTS.labels(route, method, str(status)).inc()
-    metrics.REQUEST_DURATION.labels(route, method).observe(seconds)
+    counter, histogram = _series(route, method, status)
+    counter.inc()
+    histogram.observe(seconds)
 
     line: dict[str, Any] = {
         "event": "request",
@@ -67,6 +70,17 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     if client:
         line["client"] = client[0]
     access_log.log(_level(route, status), "%s %s %d", method, route, status, extra=line)
+
+
+@functools.cache
+def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """The request counter and duration histogram of one route, method and status, looked up once:
+    `labels()` takes a lock and rebuilds its key on every call. Routes and methods are bounded
+    sets (see above), and so are status codes."""
+    return (
+        metrics.REQUESTS.labels(route, method, str(status)),
+        metrics.REQUEST_DURATION.labels(route, method),
+    )
 
 
 def route_template(scope: Scope) -> str:
