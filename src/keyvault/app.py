@@ -137,6 +137,11 @@ def create_app(
                 # slowest 1% of reads (README, Performance).
                 gc.collect()
                 gc.freeze()
+                # A read makes a few hundred short-lived objects: collecting the youngest generation
+                # after 700 allocations (the default) walked each request's live objects several
+                # times over, and promoted them for the older generations to walk again. Every
+                # 10,000 costs 2-3% less CPU per read (README, Performance).
+                gc.set_threshold(10_000, 20, 20)
             yield
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
