@@ -190,6 +190,24 @@ async def test_lines_of_one_loop_turn_go_out_in_one_write() -> None:
     assert stream.flushed == ["first\nsecond\n"]
 
 
+async def test_lines_logged_soon_after_a_write_wait_for_the_interval_and_go_out_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Long enough that a slow machine cannot let it pass between two statements.
+    monkeypatch.setattr(LineHandler, "WRITE_INTERVAL_SECONDS", 0.2)
+    stream = _RecordingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.paced")
+    logger.info("first")
+    await asyncio.sleep(0)
+    logger.info("second")
+    await asyncio.sleep(0)
+    logger.info("third")
+    await asyncio.sleep(0)
+    assert stream.flushed == ["first\n"]
+    await asyncio.sleep(0.4)
+    assert stream.flushed == ["first\n", "second\nthird\n"]
+
+
 async def test_each_write_holds_whole_lines_and_at_most_pipe_buf_bytes() -> None:
     stream = _RecordingStream()
     logger = _logger_writing_to(stream, "keyvault.tests.line_handler.chunks")

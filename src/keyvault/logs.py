@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import select
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -95,19 +96,22 @@ def _frames(error: BaseException) -> list[str]:
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler that, inside a running event loop, writes once per loop turn.
+    """A StreamHandler that, inside a running event loop, writes at most once per millisecond.
 
-    Lines logged during one turn of the loop are kept and written when the loop has run what it
-    had ready: one system call for many lines — two lines per request under load (README,
-    Performance). Each write holds whole lines and at most PIPE_BUF bytes (unless one line is
-    longer), so on a pipe shared by several workers it is atomic and lines never interleave, as
-    with one write per line. Outside a loop (the CLI, start-up, exit, other threads) each line is
-    written at once, as StreamHandler does.
+    Lines logged inside a loop are kept and written when the loop has run what it had ready, or,
+    within WRITE_INTERVAL_SECONDS of the last write, once that interval is over: one system call
+    for many lines, two lines per request under load (README, Performance). Each write holds whole
+    lines and at most PIPE_BUF bytes (unless one line is longer), so on a pipe shared by several
+    workers it is atomic and lines never interleave, as with one write per line. Outside a loop
+    (the CLI, start-up, exit, other threads) each line is written at once, as StreamHandler does.
     """
+
+    WRITE_INTERVAL_SECONDS: Final = 0.001
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        self._last_write = float("-inf")
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -121,7 +125,11 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
             return
         if not self._pending:
-            loop.call_soon(self._write_pending)
+            wait = self._last_write + self.WRITE_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                loop.call_later(wait, self._write_pending)
+            else:
+                loop.call_soon(self._write_pending)
         self._pending.append(line)
 
     def flush(self) -> None:
@@ -134,6 +142,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if not self._pending:
                 return
             lines, self._pending = self._pending, []
+            self._last_write = time.monotonic()
             try:
                 for chunk in _whole_lines_up_to(lines, select.PIPE_BUF):
                     self.stream.write(chunk)
