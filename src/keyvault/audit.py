@@ -21,7 +21,7 @@ import json
 import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -130,8 +130,6 @@ class ChainedEvent:
     key_id: str
     link: bytes
     event: AuditEvent
-    # canonical(seq, key_id, event), kept from linking so that logging it does not redo it.
-    canonical_form: bytes | None = field(default=None, compare=False, repr=False)
 
     def row(self) -> dict[str, Any]:
         return {**_fields(self.event), "seq": self.seq, "key_id": self.key_id, "link": self.link}
@@ -140,11 +138,6 @@ class ChainedEvent:
         """The event as one JSON-ready log entry; the link lets a log store witness the chain."""
         fields = _canonical_fields(self.seq, self.key_id, self.event)
         return {**fields, "link": self.link.hex()}
-
-    def log_json(self) -> str:
-        """log_record() as one compact JSON object: the canonical form with the link added."""
-        form = self.canonical_form or canonical(self.seq, self.key_id, self.event)
-        return f'{form[:-1].decode("ascii")},"link":"{self.link.hex()}"}}'
 
 
 def audit_key(root: RootKey) -> bytes:
@@ -171,9 +164,8 @@ def link_events(
     chained = []
     for offset, event in enumerate(events):
         seq = first_seq + offset
-        form = canonical(seq, root.key_id, event)
-        previous = hmac.digest(key, previous + form, "sha256")  # chain_link, keeping the form
-        chained.append(ChainedEvent(seq, root.key_id, previous, event, form))
+        previous = chain_link(key, previous, seq, root.key_id, event)
+        chained.append(ChainedEvent(seq, root.key_id, previous, event))
     return chained
 
 

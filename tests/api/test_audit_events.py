@@ -212,12 +212,15 @@ async def test_each_event_is_logged_as_one_json_line(
     headers = bearer(token(unique_sub, ALL))
     await client.put(key_path(unique_sub), json={"api_key": KEY}, headers=headers)
     await client.get(key_path(unique_sub), headers=headers)
-    lines = [json.loads(record.getMessage()) for record in caplog.records]
-    mine = [line for line in lines if line["target"] == unique_sub]
-    assert [(line["action"], line["outcome"]) for line in mine] == [("put", "ok"), ("get", "ok")]
-    assert all(isinstance(line["seq"], int) and line["link"] for line in mine)
     records = [record for record in caplog.records if record.name == "keyvault.audit"]
-    assert all(json.loads(record.getMessage()) == record.__dict__["audit"] for record in records)
+    lines = [json.loads(JsonFormatter().format(record)) for record in records]
+    mine = [line for line in lines if line["audit"]["target"] == unique_sub]
+    assert [line["message"] for line in mine] == ["audit event: put ok", "audit event: get ok"]
+    assert [(line["audit"]["action"], line["audit"]["outcome"]) for line in mine] == [
+        ("put", "ok"),
+        ("get", "ok"),
+    ]
+    assert all(isinstance(line["audit"]["seq"], int) and line["audit"]["link"] for line in mine)
 
 
 async def test_each_events_line_names_the_request_it_describes(
@@ -267,7 +270,7 @@ async def test_no_key_or_token_reaches_an_event_or_a_log_line(
     events = await stored_events(settings.database_url.get_secret_value(), unique_sub)
     assert len(events) == 5
     stored_text = json.dumps([item.log_record() for item in events])
-    logged_text = "\n".join(record.getMessage() for record in caplog.records)
+    logged_text = "\n".join(JsonFormatter().format(record) for record in caplog.records)
     for text in (stored_text, logged_text):
         assert canary_key not in text
         assert "CANARY" not in text
