@@ -1,7 +1,7 @@
 """The sliding-window counter of the `limits` library, kept in this process's memory without it.
 
 `limits`' own async memory storage starts a task to expire old keys on every hit; with a per-address
-and a per-principal budget that was a tenth of the key read's CPU time (README, Performance). This
+and a per-principal budget that was a tenth of the key read's CPU time (README, Rate limiting). This
 is the same algorithm — and the same answers, checked against `limits` in tests/test_local_windows.py
 — over a plain dict: each key holds its current fixed window's count and the previous one's, and a
 hit is admitted while
