@@ -24,7 +24,7 @@ from pydantic import AfterValidator
 
 from keyvault import metrics
 from keyvault.config import Settings
-from keyvault.errors import Forbidden, Unauthorized
+from keyvault.errors import Forbidden, Problem, Unauthorized
 from keyvault.stepup import StepUpPolicy
 from keyvault.token_cache import VerifiedTokenCache
 
@@ -294,6 +294,25 @@ def check_access(
             auth_time=caller.auth_time,
             now=now,
         )
+
+
+async def permitted_caller(
+    state: Any, authorization: str | None, sub: str, access: Access
+) -> Principal | None:
+    """The caller, when the request's bearer token verifies and `access` to `sub` is allowed, as
+    the route's dependencies would find; None otherwise. Counts nothing and records nothing: the
+    short paths (keyvault.read_path, keyvault.write_path) use it to decide whether to answer, and
+    leave every refusal to the FastAPI route. `state` is the app's state."""
+    token = bearer_token(authorization)
+    if token is None or not valid_subject(sub):
+        return None
+    verifier: TokenVerifier = state.token_verifier
+    try:
+        principal = await verifier.verify(token)
+        check_access(principal, sub, access, state.step_up, now=time.time())
+    except Problem:  # any refusal is the FastAPI route's to give, and to count
+        return None
+    return principal
 
 
 def require(access: Access) -> Callable[..., Awaitable[Principal]]:

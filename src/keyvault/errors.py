@@ -6,10 +6,10 @@ written here or by a service from fixed text: nothing from the request body, a t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -103,6 +103,10 @@ class AuditUnavailable(ServiceUnavailable):
             "The audit trail cannot record this request right now; nothing was changed or returned.",
             {"Retry-After": "1"},
         )
+
+
+# What the app's exception handler for Problem is; the short paths call it as Starlette would.
+ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def problem_response(

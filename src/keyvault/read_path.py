@@ -20,11 +20,10 @@ tests/api/test_read_paths_agree.py sends the same requests down both paths and c
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 from starlette.routing import Match
@@ -33,18 +32,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
-from keyvault.auth import (
-    READ_ACCESS,
-    Principal,
-    TokenVerifier,
-    bearer_token,
-    check_access,
-    valid_subject,
-)
-from keyvault.errors import Problem
+from keyvault.auth import READ_ACCESS, Principal, permitted_caller
+from keyvault.errors import Problem, ProblemHandler
 from keyvault.middleware import BodySizeLimit
-
-ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ReadPath:
@@ -88,17 +78,7 @@ class ReadPath:
                 return None
             if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-        token = bearer_token(authorization)
-        if token is None or not valid_subject(sub):
-            return None
-        state = self._app.state
-        verifier: TokenVerifier = state.token_verifier
-        try:
-            principal = await verifier.verify(token)
-            check_access(principal, sub, READ_ACCESS, state.step_up, now=time.time())
-        except Problem:
-            return None
-        return principal
+        return await permitted_caller(self._app.state, authorization, sub, READ_ACCESS)
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The endpoint, inside the edge middleware: what the FastAPI route and its audit,

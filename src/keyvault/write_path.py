@@ -21,10 +21,8 @@ compares them.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,19 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
-from keyvault.auth import (
-    WRITE_ACCESS,
-    Principal,
-    TokenVerifier,
-    bearer_token,
-    check_access,
-    valid_subject,
-)
-from keyvault.errors import Problem
+from keyvault.auth import WRITE_ACCESS, permitted_caller
+from keyvault.errors import Problem, ProblemHandler
 from keyvault.middleware import replay
 from keyvault.schemas import ApiKeyWrite
-
-ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class WritePath:
@@ -62,7 +51,12 @@ class WritePath:
         headers = _WriteHeaders(scope["headers"])
         principal = None
         if match is Match.FULL and headers.json_body:
-            principal = await _admitted(scope, headers, child_scope["path_params"]["sub"])
+            principal = await permitted_caller(
+                scope["app"].state,
+                headers.authorization,
+                child_scope["path_params"]["sub"],
+                WRITE_ACCESS,
+            )
         if principal is None:
             await self.app(scope, receive, send)
             return
@@ -100,22 +94,6 @@ class _WriteHeaders:
                 self.if_match = value.decode("latin-1")
             elif name == b"if-none-match":
                 self.if_none_match = value.decode("latin-1")
-
-
-async def _admitted(scope: Scope, headers: _WriteHeaders, sub: str) -> Principal | None:
-    """The caller, when the checks the FastAPI route makes before any side effect all pass;
-    None otherwise. Counts nothing, records nothing."""
-    token = bearer_token(headers.authorization)
-    if token is None or not valid_subject(sub):
-        return None
-    state = scope["app"].state
-    verifier: TokenVerifier = state.token_verifier
-    try:
-        principal = await verifier.verify(token)
-        check_access(principal, sub, WRITE_ACCESS, state.step_up, now=time.time())
-    except Problem:
-        return None
-    return principal
 
 
 async def _body_messages(receive: Receive) -> list[Message]:
