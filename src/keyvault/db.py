@@ -226,6 +226,9 @@ class KeptDriverConnections:
             except Exception:
                 await _invalidate(pooled)
                 continue
+            except BaseException:  # cancelled mid-ping: back to the pool, never lost
+                await greenlet_spawn(pooled.close)
+                raise
             return pooled
         return await self._engine.raw_connection()
 
