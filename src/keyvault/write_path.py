@@ -61,7 +61,9 @@ class WritePath:
             await self.app(scope, receive, send)
             return
         messages = await _body_messages(receive)
-        write = _parsed(b"".join(message.get("body", b"") for message in messages))
+        write = None
+        if all(message["type"] == "http.request" for message in messages):  # not cut off
+            write = _parsed(b"".join(message.get("body", b"") for message in messages))
         if write is None:
             await self.app(scope, replay(messages, receive), send)
             return
@@ -97,7 +99,8 @@ class _WriteHeaders:
 
 
 async def _body_messages(receive: Receive) -> list[Message]:
-    """The request's body messages, all of them (middleware.BodySizeLimit bounds their size)."""
+    """The request's body messages, all of them (middleware.BodySizeLimit bounds their size); the
+    last is an http.disconnect when the client went away before the body ended."""
     messages = []
     while True:
         message = await receive()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from keyvault.api import get_keyring
 from tests.audit_support import PrivateService, execute_sql, private_service, stored_events
@@ -329,3 +330,62 @@ async def test_the_short_path_answers_a_permitted_write_without_the_fastapi_rout
         read = await service.client.get(ALICE_PATH, headers=_as(ALICE))
     assert written.status_code == 201
     assert read.json()["api_key"] == NEW_KEY
+
+
+async def test_a_body_cut_off_by_a_disconnect_stores_nothing_on_either_path(
+    backend: str, tmp_path: Path
+) -> None:
+    async with two_sides(backend, tmp_path) as (short, full):
+        answers = [await _put_cut_off_by_a_disconnect(side) for side in (short, full)]
+    assert answers[0] == answers[1]
+    assert answers[0][2] == (ALICE_KEY, 1)
+
+
+async def _put_cut_off_by_a_disconnect(side: Side) -> tuple[Any, ...]:
+    """Statuses sent, audit events and Alice's stored key after a PUT whose body (valid JSON so
+    far) is cut off by the client going away."""
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": NEW_BODY_BYTES, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    before = len(await stored_events(side.service.database_url))
+    await side.service.app(_chunked_put(ALICE_PATH, mint(ALICE, ALL)), receive, send)
+    events = (await stored_events(side.service.database_url))[before:]
+    return (
+        [message["status"] for message in sent if message["type"] == "http.response.start"],
+        [(e.event.action, e.event.outcome) for e in events],
+        await side.stored(ALICE),
+    )
+
+
+NEW_BODY_BYTES = json.dumps({"api_key": NEW_KEY}).encode()
+
+
+def _chunked_put(path: str, token: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"keyvault.test"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("keyvault.test", 80),
+    }
