@@ -201,3 +201,24 @@ async def test_a_cut_off_statement_gives_its_connection_back_to_the_pool(
     finally:
         await connections.aclose()
         await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_read_still_running_at_close_gives_its_connection_back_when_it_ends(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, keep=1)
+
+    async def slow_read() -> None:
+        async with connections.connection() as connection:
+            await connection.fetchval("SELECT pg_sleep(0.3)")
+
+    try:
+        read = asyncio.create_task(slow_read())
+        await asyncio.sleep(0.1)
+        await connections.aclose()
+        await read
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()

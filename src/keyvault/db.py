@@ -193,6 +193,7 @@ class KeptDriverConnections:
         self._engine = engine
         self._keep = keep
         self._kept: list[tuple[PoolProxiedConnection, float]] = []  # (connection, last used)
+        self._closed = False
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -205,13 +206,15 @@ class KeptDriverConnections:
         except BaseException:
             await greenlet_spawn(pooled.close)
             raise
-        if len(self._kept) < self._keep:
+        if not self._closed and len(self._kept) < self._keep:
             self._kept.append((pooled, time.monotonic()))
         else:
             await greenlet_spawn(pooled.close)
 
     async def aclose(self) -> None:
-        """Give every kept connection back to the pool (before the engine is disposed)."""
+        """Give every kept connection back to the pool (before the engine is disposed); reads
+        still running give theirs back when they end."""
+        self._closed = True
         kept, self._kept = self._kept, []
         for pooled, _ in kept:
             await greenlet_spawn(pooled.close)
