@@ -237,3 +237,25 @@ def test_outside_a_loop_every_line_is_written_at_once() -> None:
     logger.info("first")
     logger.info("second")
     assert stream.flushed == ["first\n", "second\n"]
+
+
+def test_lines_kept_when_a_loop_ends_go_out_with_the_next_loops_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(LineHandler, "WRITE_INTERVAL_SECONDS", 0.2)
+    stream = _RecordingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.loops")
+
+    async def first_loop() -> None:
+        logger.info("first")
+        await asyncio.sleep(0)
+        logger.info("second")  # its write is due after the loop has ended
+
+    async def next_loop() -> None:
+        logger.info("third")
+        await asyncio.sleep(0.4)
+
+    asyncio.run(first_loop())
+    assert stream.flushed == ["first\n"]
+    asyncio.run(next_loop())
+    assert stream.flushed == ["first\n", "second\nthird\n"]

@@ -112,6 +112,9 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._last_write = float("-inf")
+        # The loop a write of _pending is scheduled in: a loop that ends first drops its timer,
+        # and the next loop to log must schedule the write again.
+        self._scheduled_in: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -124,12 +127,13 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if not self._pending:
+        if self._scheduled_in is not loop:
             wait = self._last_write + self.WRITE_INTERVAL_SECONDS - time.monotonic()
             if wait > 0:
                 loop.call_later(wait, self._write_pending)
             else:
                 loop.call_soon(self._write_pending)
+            self._scheduled_in = loop
         self._pending.append(line)
 
     def flush(self) -> None:
@@ -143,6 +147,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
             lines, self._pending = self._pending, []
             self._last_write = time.monotonic()
+            self._scheduled_in = None
             try:
                 for chunk in _whole_lines_up_to(lines, select.PIPE_BUF):
                     self.stream.write(chunk)
