@@ -335,12 +335,11 @@ def ratio(value: float, ceiling: float) -> float:
     return round(value / ceiling, 3) if ceiling else float("nan")
 
 
-def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
-    name = f"keyvault_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_database(name))
-    state.databases.append(name)
-    database_url = make_url(ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    service_env = {
+def service_environment(database: str) -> dict[str, str]:
+    """`keyvault serve`'s environment over the throw-away `database`: fresh secrets, none of the
+    caller's own KEYVAULT_ settings."""
+    database_url = make_url(ADMIN_URL).set(drivername="postgresql+asyncpg", database=database)
+    env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")},
         "MASTER_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "KEYVAULT_JWT_SECRET": secrets.token_urlsafe(48),
@@ -349,7 +348,25 @@ def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
         # limiter's cost in the figures without turning the run into a stream of 429s.
         "KEYVAULT_RATE_LIMIT": "1000000/second",
     }
-    service_env.pop("MASTER_ENCRYPTION_KEY_FILE", None)
+    env.pop("MASTER_ENCRYPTION_KEY_FILE", None)
+    return env
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The Settings a service started with `env` has, for seeding and minting its tokens here."""
+    return Settings(
+        _env_file=None,
+        MASTER_ENCRYPTION_KEY=env["MASTER_ENCRYPTION_KEY"],
+        jwt_secret=env["KEYVAULT_JWT_SECRET"],
+        database_url=env["KEYVAULT_DATABASE_URL"],
+    )
+
+
+def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
+    name = f"keyvault_bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(create_database(name))
+    state.databases.append(name)
+    service_env = service_environment(name)
     bin_dir = Path(sys.executable).parent
     print(f"bench: database {name}; migrating and seeding {args.users} users", flush=True)
     subprocess.run(
@@ -359,12 +376,7 @@ def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
         check=True,
         timeout=300,
     )
-    settings = Settings(
-        _env_file=None,
-        MASTER_ENCRYPTION_KEY=service_env["MASTER_ENCRYPTION_KEY"],
-        jwt_secret=service_env["KEYVAULT_JWT_SECRET"],
-        database_url=service_env["KEYVAULT_DATABASE_URL"],
-    )
+    settings = settings_of(service_env)
     asyncio.run(seed(settings, args.users))
     token = mint_token(settings, "bench-caller", "api-key:read api-key:write users:any", 3600)
 

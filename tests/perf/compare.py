@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -27,10 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from keyvault.auth import mint_token
-from keyvault.config import Settings
 from tests.perf import bench
 
 WORKTREE = "WORKTREE"
@@ -54,15 +49,7 @@ def compare(args: argparse.Namespace, state: bench.Run, workdir: Path) -> None:
     name = f"keyvault_compare_{uuid.uuid4().hex[:10]}"
     asyncio.run(bench.create_database(name))
     state.databases.append(name)
-    database_url = make_url(bench.ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")},
-        "MASTER_ENCRYPTION_KEY": secrets.token_urlsafe(32),
-        "KEYVAULT_JWT_SECRET": secrets.token_urlsafe(48),
-        "KEYVAULT_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "KEYVAULT_RATE_LIMIT": "1000000/second",  # as in bench.run: costed, never refusing
-    }
-    env.pop("MASTER_ENCRYPTION_KEY_FILE", None)
+    env = bench.service_environment(name)
     trees = [source_tree(rev, workdir / f"tree-{n}") for n, rev in enumerate(args.revisions)]
     print(f"compare: database {name}; migrating and seeding {args.users} users", flush=True)
     subprocess.run(
@@ -72,12 +59,7 @@ def compare(args: argparse.Namespace, state: bench.Run, workdir: Path) -> None:
         check=True,
         timeout=300,
     )
-    settings = Settings(
-        _env_file=None,
-        MASTER_ENCRYPTION_KEY=env["MASTER_ENCRYPTION_KEY"],
-        jwt_secret=env["KEYVAULT_JWT_SECRET"],
-        database_url=env["KEYVAULT_DATABASE_URL"],
-    )
+    settings = bench.settings_of(env)
     asyncio.run(bench.seed(settings, args.users))
     token = mint_token(settings, "bench-caller", "api-key:read api-key:write users:any", 3600)
 
