@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,24 +139,16 @@ async def session_scope(sessions: async_sessionmaker[AsyncSession]) -> AsyncIter
         await session.commit()
 
 
-@asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
-    """The pooled driver (asyncpg) connection itself, for the read path's single statement.
+def driver_connection(engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
+    """The pooled driver (asyncpg) connection itself, checked out for one use and given back.
 
     Going through an AsyncSession costs about four times the query's own CPU time (session and
     connection set-up, greenlet hops, result processing); this skips all that but keeps the same
-    pool, with its idle pings and its limits. The connection is in autocommit (no transaction is
-    begun on it), so it suits one SELECT and nothing else. A connection that fails under the query
-    is invalidated, so the pool does not hand it out again.
+    pool, with its idle pings and its limits. No transaction is begun on it: a caller that needs
+    one begins it. A connection that fails under the caller is invalidated, so the pool does not
+    hand it out again. It is KeptDriverConnections keeping nothing.
     """
-    pooled = await engine.raw_connection()
-    try:
-        yield pooled.driver_connection
-    except _DISCONNECTS:
-        await _invalidate(pooled)
-        raise
-    finally:
-        await greenlet_spawn(pooled.close)
+    return KeptDriverConnections(engine, keep=0).connection()
 
 
 def _driver(pooled: PoolProxiedConnection) -> Any:
