@@ -14,16 +14,17 @@ has no side effect is answered here, by the same pieces the FastAPI route uses:
 
 A refusal that can only come after a side effect (429, 404, 500 for an undecryptable record, 503
 when the audit trail cannot record) is answered by the FastAPI app's own exception handler for
-`Problem`, which records the audit event exactly as it does for the FastAPI route.
-tests/api/test_read_paths_agree.py sends the same requests down both paths and compares them.
+`Problem` (keyvault.short_paths), which records the audit event exactly as it does for the
+FastAPI route. tests/api/test_read_paths_agree.py sends the same requests down both paths and
+compares them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Response
 from fastapi.routing import APIRoute
 from starlette.middleware import Middleware
 from starlette.routing import Match
@@ -33,8 +34,8 @@ from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
 from keyvault.auth import READ_ACCESS, Principal, permitted_caller
-from keyvault.errors import Problem, ProblemHandler
 from keyvault.middleware import BodySizeLimit
+from keyvault.short_paths import answer_audited
 
 
 class ReadPath:
@@ -43,8 +44,6 @@ class ReadPath:
     def __init__(self, app: FastAPI, route: APIRoute, edge: Sequence[Middleware]) -> None:
         self._app = app
         self._route = route
-        # Looked up once: install_audit_recording has wrapped it by the time the app is built.
-        self._on_problem = cast(ProblemHandler, app.exception_handlers[Problem])
         self._answer: ASGIApp = self._read
         for middleware in reversed(edge):
             cls, args, kwargs = middleware
@@ -81,23 +80,12 @@ class ReadPath:
         return await permitted_caller(self._app.state, authorization, sub, READ_ACCESS)
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The endpoint, inside the edge middleware: what the FastAPI route and its audit,
-        rate-limit and record dependencies do, in their order."""
-        request = Request(scope, receive)
-        state: Any = self._app.state
-        audit = RequestAudit(state.audit, request, Action.get)
-        request.state.audit = audit
-        sub: str = scope["path_params"]["sub"]
-        try:
-            await state.rate_limiter.enforce_for_principal(request.state.principal.sub)
-            body, etag = await service.get_api_key(state.record_reader, state.keyring, sub)
-            audit.succeeded(key_version=body.version)
-            await audit.settled()
-            response = api.key_response(body, etag)
-        except Problem as problem:
-            response = await self._on_problem(request, problem)
-        finally:
-            # The audit entry refers to the request whose state holds it: a cycle, which only the
-            # garbage collector would otherwise undo, and its pauses are the read's slowest tail.
-            del scope["state"]["audit"]
-        await response(scope, receive, send)
+        await answer_audited(scope, receive, send, Action.get, _read_key)
+
+
+async def _read_key(state: Any, sub: str, audit: RequestAudit) -> Response:
+    """The FastAPI route's own work, with its record dependency."""
+    body, etag = await service.get_api_key(state.record_reader, state.keyring, sub)
+    audit.succeeded(key_version=body.version)
+    await audit.settled()  # the key never leaves before its event is committed
+    return api.key_response(body, etag)

@@ -13,16 +13,17 @@ request it does not take goes on to the FastAPI router with its body given back 
     → principal rate limit → seal, store and audit event in one shared transaction → 200 or 201
 
 A refusal that can only come after a side effect (429, 412, 503) is answered by the FastAPI app's
-own exception handler for `Problem`, which records the audit event exactly as it does for the
-FastAPI route. tests/api/test_write_paths_agree.py sends the same requests down both paths and
-compares them.
+own exception handler for `Problem` (keyvault.short_paths), which records the audit event exactly
+as it does for the FastAPI route. tests/api/test_write_paths_agree.py sends the same requests down
+both paths and compares them.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from fastapi import Request
+from fastapi import Response
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +32,9 @@ from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
 from keyvault.auth import WRITE_ACCESS, permitted_caller
-from keyvault.errors import Problem, ProblemHandler
 from keyvault.middleware import replay
 from keyvault.schemas import ApiKeyWrite
+from keyvault.short_paths import answer_audited
 
 
 class WritePath:
@@ -121,16 +122,9 @@ def _parsed(body: bytes) -> ApiKeyWrite | None:
 async def _write(
     scope: Scope, receive: Receive, send: Send, write: ApiKeyWrite, headers: _WriteHeaders
 ) -> None:
-    """The endpoint: what the FastAPI route and its audit, rate-limit and writer dependencies do,
-    in their order."""
-    request = Request(scope, receive)
-    keyvault = scope["app"]
-    state = keyvault.state
-    audit = RequestAudit(state.audit, request, Action.put)
-    request.state.audit = audit
-    sub: str = scope["path_params"]["sub"]
-    try:
-        await state.rate_limiter.enforce_for_principal(request.state.principal.sub)
+    """The endpoint: the FastAPI route's own work, with its writer dependency."""
+
+    async def put(state: Any, sub: str, audit: RequestAudit) -> Response:
         result = await service.put_api_key_audited(
             state.key_writes,
             state.keyring,
@@ -140,11 +134,6 @@ async def _write(
             audit.success_event(),
         )
         audit.recorded = True  # committed with the change
-        response = api.written_response(result)
-    except Problem as problem:
-        on_problem: ProblemHandler = keyvault.exception_handlers[Problem]
-        response = await on_problem(request, problem)
-    finally:
-        # The audit entry refers to the request whose state holds it: see read_path._read.
-        del scope["state"]["audit"]
-    await response(scope, receive, send)
+        return api.written_response(result)
+
+    await answer_audited(scope, receive, send, Action.put, put)
