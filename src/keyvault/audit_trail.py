@@ -44,6 +44,7 @@ from keyvault.batching import Batch, BatchQueue, fail
 from keyvault.crypto import Keyring, RootKey
 from keyvault.db import create_engine
 from keyvault.errors import AuditUnavailable, Problem, problem_response
+from keyvault.logs import log_line
 
 log = logging.getLogger("keyvault")
 audit_log = logging.getLogger("keyvault.audit")
@@ -60,11 +61,13 @@ def log_event(chained: ChainedEvent) -> None:
     # says what happened, so that the line does not carry the event twice.
     if not audit_log.isEnabledFor(logging.INFO):
         return
-    audit_log.info(
+    log_line(
+        audit_log,
+        logging.INFO,
+        {"audit": chained.log_record(), "request_id": chained.event.request_id},
         "audit event: %s %s",
         chained.event.action,
         chained.event.outcome,
-        extra={"audit": chained.log_record(), "request_id": chained.event.request_id},
     )
 
 

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyvault import metrics
+from keyvault.logs import log_line
 
 access_log = logging.getLogger("keyvault.access")
 
@@ -69,7 +70,7 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     client = scope.get("client")
     if client:
         line["client"] = client[0]
-    access_log.log(_level(route, status), "%s %s %d", method, route, status, extra=line)
+    log_line(access_log, _level(route, status), line, "%s %s %d", method, route, status)
 
 
 @functools.cache
