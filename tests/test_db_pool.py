@@ -122,23 +122,118 @@ async def _kept_backend_pid(connections: db.KeptDriverConnections) -> int:
 
 
 @pytest.mark.usefixtures("postgres_only")
-async def test_kept_connections_are_reused_up_to_keep_and_given_back_on_close(
-    database_url: str,
-) -> None:
+async def test_kept_connections_are_reused_and_given_back_on_close(database_url: str) -> None:
     engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, keep=1)
+    connections = db.KeptDriverConnections(engine, share=2)
     try:
         first = await _kept_backend_pid(connections)
         assert await _kept_backend_pid(connections) == first
-        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 1
 
         async with connections.connection(), connections.connection():
-            assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]
-        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+            assert _checked_out(engine) == 2
+        assert _checked_out(engine) == 2  # both kept
 
         await connections.aclose()
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 0
     finally:
+        await engine.dispose()
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    return engine.pool.checkedout()  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_reads_beyond_the_share_wait_for_a_kept_connection_and_leave_the_pool_free(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=2)
+    most_at_once = 0
+
+    async def read() -> None:
+        nonlocal most_at_once
+        async with connections.connection() as connection:
+            most_at_once = max(most_at_once, _checked_out(engine))
+            await connection.fetchval("SELECT pg_sleep(0.05)")
+
+    try:
+        await asyncio.gather(*(read() for _ in range(6)))
+        assert most_at_once == 2
+        # The third connection was never taken by reads: anything else still gets it at once.
+        assert await _backend_pid(engine) > 0
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_read_waiting_past_the_pool_timeout_fails_as_a_pool_timeout(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=0.1)
+    try:
+        async with connections.connection():
+            with pytest.raises(PoolTimeoutError):
+                await _kept_backend_pid(connections)
+        assert db.is_database_outage(PoolTimeoutError())  # answered 503, as a full pool is
+        assert await _kept_backend_pid(connections) > 0  # nothing is left waiting or lost
+        assert _checked_out(engine) == 1
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_read_cancelled_as_a_connection_is_handed_to_it_does_not_lose_the_connection(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=1)
+    try:
+        async with connections.connection() as held:
+            holder = await held.fetchval("SELECT pg_backend_pid()")
+            waiting = asyncio.create_task(_kept_backend_pid(connections))
+            await asyncio.sleep(0.05)
+        # The connection was handed to the waiting read; it is cancelled before it could run.
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+        assert await asyncio.wait_for(_kept_backend_pid(connections), timeout=1) == holder
+        assert _checked_out(engine) == 1
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_read_waiting_when_a_held_connection_fails_checks_out_a_new_one(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=2)
+    try:
+        killed = await _kept_backend_pid(connections)
+        waiting: asyncio.Task[int] | None = None
+
+        async def read_as_its_connection_is_killed() -> None:
+            nonlocal waiting
+            async with connections.connection() as connection:
+                waiting = asyncio.create_task(_kept_backend_pid(connections))
+                await asyncio.sleep(0.05)
+                await _terminate(killed)
+                await connection.fetchval("SELECT 1")
+
+        with pytest.raises((OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
+            await read_as_its_connection_is_killed()
+        assert waiting is not None
+        assert await waiting != killed
+        assert _checked_out(engine) == 1
+    finally:
+        await connections.aclose()
         await engine.dispose()
 
 
@@ -148,14 +243,14 @@ async def test_a_kept_connection_that_went_stale_is_replaced_before_use(
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every kept connection counts as idle
     engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, keep=1)
+    connections = db.KeptDriverConnections(engine, share=1)
     try:
         stale = await _kept_backend_pid(connections)
         await _terminate(stale)
 
         assert await _kept_backend_pid(connections) != stale
         await connections.aclose()
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 0
     finally:
         await engine.dispose()
 
@@ -166,7 +261,7 @@ async def test_a_kept_connection_killed_under_it_fails_once_then_reads_recover(
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)  # recently used: no ping
     engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, keep=1)
+    connections = db.KeptDriverConnections(engine, share=1)
     try:
         killed = await _kept_backend_pid(connections)
         await _terminate(killed)
@@ -174,7 +269,7 @@ async def test_a_kept_connection_killed_under_it_fails_once_then_reads_recover(
         with pytest.raises((OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)):
             await _kept_backend_pid(connections)
         assert await _kept_backend_pid(connections) != killed
-        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 1
     finally:
         await connections.aclose()
         await engine.dispose()
@@ -185,7 +280,7 @@ async def test_a_cut_off_statement_gives_its_connection_back_to_the_pool(
     database_url: str,
 ) -> None:
     engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, keep=1)
+    connections = db.KeptDriverConnections(engine, share=1)
 
     async def slow_query() -> None:
         async with connections.connection() as connection:
@@ -194,7 +289,7 @@ async def test_a_cut_off_statement_gives_its_connection_back_to_the_pool(
     try:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(slow_query(), timeout=0.2)
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 0
         # The pool's only connection is usable again, by the pool's other users too.
         assert await _backend_pid(engine) > 0
         assert await _kept_backend_pid(connections) > 0
@@ -208,7 +303,7 @@ async def test_a_read_still_running_at_close_gives_its_connection_back_when_it_e
     database_url: str,
 ) -> None:
     engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, keep=1)
+    connections = db.KeptDriverConnections(engine, share=1)
 
     async def slow_read() -> None:
         async with connections.connection() as connection:
@@ -219,6 +314,6 @@ async def test_a_read_still_running_at_close_gives_its_connection_back_when_it_e
         await asyncio.sleep(0.1)
         await connections.aclose()
         await read
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _checked_out(engine) == 0
     finally:
         await engine.dispose()

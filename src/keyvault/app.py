@@ -91,7 +91,10 @@ def create_app(
         app.state.sessions = create_sessionmaker(engine)
         app.state.record_counts = metrics.RecordCounts(app.state.sessions)
         app.state.record_reader = RecordReader(
-            engine, app.state.sessions, settings.database_pool_size
+            engine,
+            app.state.sessions,
+            settings.database_pool_size,
+            settings.database_pool_timeout,
         )
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None

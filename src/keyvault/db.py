@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -148,7 +150,7 @@ def driver_connection(engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
     one begins it. A connection that fails under the caller is invalidated, so the pool does not
     hand it out again. It is KeptDriverConnections keeping nothing.
     """
-    return KeptDriverConnections(engine, keep=0).connection()
+    return KeptDriverConnections(engine, share=0).connection()
 
 
 def _driver(pooled: PoolProxiedConnection) -> Any:
@@ -169,22 +171,32 @@ async def _invalidate(pooled: PoolProxiedConnection) -> None:
 
 
 class KeptDriverConnections:
-    """driver_connection for the read path, with a few connections kept out of the pool between
-    reads.
+    """driver_connection for the read path: up to `share` pooled connections, kept checked out
+    between reads.
 
     Checking a connection out of SQLAlchemy's pool and back in costs about 25 µs of CPU (greenlet
-    hops, pool events), a tenth of a whole read. So up to `keep` connections that reads have used
-    are kept here, checked out, and the next read takes one. A kept connection that sat unused for
-    IDLE_PING_SECONDS, or since before the last disconnect, is pinged before use, as the pool does
-    (_ping_if_idle). One whose statement failed or was cut off goes back to the pool, or is
-    invalidated when the connection itself failed. Keep well under the pool size: kept connections
-    are not available to anything else.
+    hops, pool events), a tenth of a whole read, and a checkout that has to wait for the pool costs
+    several times that (a task per wait). So a read takes a kept connection; when none is free it
+    checks a new one out while fewer than `share` are held, and otherwise waits for the next one a
+    read gives back (a future and a timer), for `wait_seconds` at most, then fails as the pool does
+    (PoolTimeoutError: 503). Reads thereby never hold more than `share` connections: the rest of the
+    pool stays free for writes and everything else, however many reads come at once.
+
+    A kept connection that sat unused for IDLE_PING_SECONDS, or since before the last disconnect, is
+    pinged before use, as the pool does (_ping_if_idle). One whose statement failed or was cut off
+    goes back to the pool, or is invalidated when the connection itself failed. `share` 0 keeps
+    nothing and sets no limit of its own: each use checks a connection out and back in.
     """
 
-    def __init__(self, engine: AsyncEngine, keep: int) -> None:
+    def __init__(self, engine: AsyncEngine, share: int, wait_seconds: float = 30.0) -> None:
         self._engine = engine
-        self._keep = keep
+        self._share = share
+        self._wait_seconds = wait_seconds
+        self._held = 0  # checked out of the pool by this object: kept or in use
         self._kept: list[tuple[PoolProxiedConnection, float]] = []  # (connection, last used)
+        self._waiting: collections.deque[asyncio.Future[PoolProxiedConnection | None]] = (
+            collections.deque()
+        )
         self._closed = False
 
     @asynccontextmanager
@@ -193,15 +205,12 @@ class KeptDriverConnections:
         try:
             yield _driver(pooled)
         except _DISCONNECTS:
-            await _invalidate(pooled)
+            await self._drop(pooled, invalidate=True)
             raise
         except BaseException:
-            await greenlet_spawn(pooled.close)
+            await self._drop(pooled, invalidate=False)
             raise
-        if not self._closed and len(self._kept) < self._keep:
-            self._kept.append((pooled, time.monotonic()))
-        else:
-            await greenlet_spawn(pooled.close)
+        await self._give_back(pooled)
 
     async def aclose(self) -> None:
         """Give every kept connection back to the pool (before the engine is disposed); reads
@@ -209,23 +218,83 @@ class KeptDriverConnections:
         self._closed = True
         kept, self._kept = self._kept, []
         for pooled, _ in kept:
-            await greenlet_spawn(pooled.close)
+            await self._drop(pooled, invalidate=False)
 
     async def _take(self) -> PoolProxiedConnection:
-        while self._kept:
-            pooled, last_used = self._kept.pop()  # the most recently used: least likely stale
-            if time.monotonic() - last_used < IDLE_PING_SECONDS and last_used > _last_disconnect:
+        while True:
+            while self._kept:
+                pooled, last_used = self._kept.pop()  # the most recently used: least likely stale
+                if (
+                    time.monotonic() - last_used < IDLE_PING_SECONDS
+                    and last_used > _last_disconnect
+                ):
+                    return pooled
+                try:
+                    await _driver(pooled).fetchrow(";")
+                except Exception:
+                    await self._drop(pooled, invalidate=True)
+                    continue
+                except BaseException:  # cancelled mid-ping: back to the pool, never lost
+                    await self._drop(pooled, invalidate=False)
+                    raise
                 return pooled
-            try:
-                await _driver(pooled).fetchrow(";")
-            except Exception:
-                await _invalidate(pooled)
-                continue
-            except BaseException:  # cancelled mid-ping: back to the pool, never lost
-                await greenlet_spawn(pooled.close)
-                raise
-            return pooled
-        return await self._engine.raw_connection()
+            if self._share == 0 or self._closed or self._held < self._share:
+                self._held += 1
+                try:
+                    return await self._engine.raw_connection()
+                except BaseException:
+                    self._held -= 1
+                    raise
+            pooled_or_none = await self._next_given_back()
+            if pooled_or_none is not None:
+                return pooled_or_none
+            # None: one of the held connections was dropped, so a new one may be checked out.
+
+    async def _next_given_back(self) -> PoolProxiedConnection | None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[PoolProxiedConnection | None] = loop.create_future()
+        self._waiting.append(waiter)
+        timer = loop.call_later(self._wait_seconds, _time_out, waiter)
+        try:
+            return await waiter
+        except BaseException:
+            # Cancelled after a connection was handed over: it must not be lost with the waiter.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed_over = waiter.result()
+                if handed_over is not None:
+                    await self._give_back(handed_over)
+            raise
+        finally:
+            timer.cancel()
+
+    async def _give_back(self, pooled: PoolProxiedConnection) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not timed out
+                waiter.set_result(pooled)
+                return
+        if not self._closed and len(self._kept) < self._share:
+            self._kept.append((pooled, time.monotonic()))
+        else:
+            await self._drop(pooled, invalidate=False)
+
+    async def _drop(self, pooled: PoolProxiedConnection, *, invalidate: bool) -> None:
+        """Give `pooled` back to the pool (or invalidate it); a waiting read may check out anew."""
+        self._held -= 1
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if invalidate:
+            await _invalidate(pooled)
+        else:
+            await greenlet_spawn(pooled.close)
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(PoolTimeoutError("no read connection was given back in time"))
 
 
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
