@@ -135,9 +135,9 @@ class RecordReader:
     ) -> None:
         self._sessions = sessions
         self._direct = engine.dialect.name == "postgresql"
-        # Two thirds of the pool at most, the rest left for writes and everything else. Fewer kept
-        # cost more CPU per read under load: with 5 of 15, 32 reads at once kept the pool busy and
-        # each read cost 13% more (README, Performance).
+        # Two thirds of the pool at most, the rest left for writes and everything else. A third
+        # cost more CPU per read under load: with 5 of 15, 32 reads at once waited on the pool
+        # itself, and each read cost 17% more (README, Performance).
         self._connections = KeptDriverConnections(engine, pool_size * 2 // 3, pool_timeout)
 
     async def get_record(self, sub: str) -> StoredRecord | None:
