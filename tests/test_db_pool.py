@@ -317,3 +317,75 @@ async def test_a_read_still_running_at_close_gives_its_connection_back_when_it_e
         assert _checked_out(engine) == 0
     finally:
         await engine.dispose()
+
+
+async def _read_one(connections: db.KeptDriverConnections) -> int:
+    async with connections.connection() as connection:
+        one: int = await connection.fetchval("SELECT 1")
+        return one
+
+
+async def _fail_holding_one(
+    connections: db.KeptDriverConnections, waiting: int
+) -> list[asyncio.Task[int]]:
+    """Holding the share's one connection, start `waiting` reads, then fail: the connection goes
+    back to the pool and its place to the first waiting read."""
+    tasks: list[asyncio.Task[int]] = []
+
+    async def failing_read() -> None:
+        async with connections.connection():
+            tasks.extend(asyncio.create_task(_read_one(connections)) for _ in range(waiting))
+            await asyncio.sleep(0.05)
+            raise ValueError("the statement failed")
+
+    with pytest.raises(ValueError, match="statement failed"):
+        await failing_read()
+    return tasks
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_the_place_of_a_dropped_connection_passes_on_when_its_next_read_is_cancelled(
+    database_url: str,
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=5)
+    try:
+        first, second = await _fail_holding_one(connections, waiting=2)
+        first.cancel()  # its request went away before it could use the place it was given
+
+        assert await asyncio.wait_for(second, timeout=1) == 1
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert _checked_out(engine) == 1
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_the_place_of_a_failed_checkout_passes_on_to_the_next_waiting_read(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=5)
+    checkout = AsyncEngine.raw_connection
+    checkouts = 0
+
+    async def second_checkout_times_out(self: AsyncEngine) -> object:
+        nonlocal checkouts
+        checkouts += 1
+        if checkouts == 2:  # the first waiting read's: the rest of the pool is busy with writes
+            raise PoolTimeoutError("the pool is busy")
+        return await checkout(self)
+
+    monkeypatch.setattr(AsyncEngine, "raw_connection", second_checkout_times_out)
+    try:
+        first, second = await _fail_holding_one(connections, waiting=2)
+
+        with pytest.raises(PoolTimeoutError):
+            await asyncio.wait_for(first, timeout=1)
+        assert await asyncio.wait_for(second, timeout=1) == 1
+        assert _checked_out(engine) == 1
+    finally:
+        await connections.aclose()
+        await engine.dispose()

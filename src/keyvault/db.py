@@ -184,15 +184,17 @@ class KeptDriverConnections:
 
     A kept connection that sat unused for IDLE_PING_SECONDS, or since before the last disconnect, is
     pinged before use, as the pool does (_ping_if_idle). One whose statement failed or was cut off
-    goes back to the pool, or is invalidated when the connection itself failed. `share` 0 keeps
-    nothing and sets no limit of its own: each use checks a connection out and back in.
+    goes back to the pool, or is invalidated when the connection itself failed; its place among the
+    `share` goes straight to the first waiting read, which checks a new connection out for it, so
+    no read waits while there is room. `share` 0 keeps nothing and sets no limit of its own: each
+    use checks a connection out and back in.
     """
 
     def __init__(self, engine: AsyncEngine, share: int, wait_seconds: float = 30.0) -> None:
         self._engine = engine
         self._share = share
         self._wait_seconds = wait_seconds
-        self._held = 0  # checked out of the pool by this object: kept or in use
+        self._held = 0  # places taken: connections kept or in use, and checkouts under way
         self._kept: list[tuple[PoolProxiedConnection, float]] = []  # (connection, last used)
         self._waiting: collections.deque[asyncio.Future[PoolProxiedConnection | None]] = (
             collections.deque()
@@ -221,34 +223,33 @@ class KeptDriverConnections:
             await self._drop(pooled, invalidate=False)
 
     async def _take(self) -> PoolProxiedConnection:
-        while True:
-            while self._kept:
-                pooled, last_used = self._kept.pop()  # the most recently used: least likely stale
-                if (
-                    time.monotonic() - last_used < IDLE_PING_SECONDS
-                    and last_used > _last_disconnect
-                ):
-                    return pooled
-                try:
-                    await _driver(pooled).fetchrow(";")
-                except Exception:
-                    await self._drop(pooled, invalidate=True)
-                    continue
-                except BaseException:  # cancelled mid-ping: back to the pool, never lost
-                    await self._drop(pooled, invalidate=False)
-                    raise
+        while self._kept:
+            pooled, last_used = self._kept.pop()  # the most recently used: least likely stale
+            if time.monotonic() - last_used < IDLE_PING_SECONDS and last_used > _last_disconnect:
                 return pooled
-            if self._share == 0 or self._closed or self._held < self._share:
-                self._held += 1
-                try:
-                    return await self._engine.raw_connection()
-                except BaseException:
-                    self._held -= 1
-                    raise
-            pooled_or_none = await self._next_given_back()
-            if pooled_or_none is not None:
-                return pooled_or_none
-            # None: one of the held connections was dropped, so a new one may be checked out.
+            try:
+                await _driver(pooled).fetchrow(";")
+            except Exception:
+                await self._drop(pooled, invalidate=True)
+                continue
+            except BaseException:  # cancelled mid-ping: back to the pool, never lost
+                await self._drop(pooled, invalidate=False)
+                raise
+            return pooled
+        if self._share == 0 or self._closed or self._held < self._share:
+            self._held += 1
+            return await self._check_out()
+        handed_over = await self._next_given_back()
+        # None: a held connection was dropped, and its place among the `share` handed to this read.
+        return handed_over if handed_over is not None else await self._check_out()
+
+    async def _check_out(self) -> PoolProxiedConnection:
+        """A new connection from the pool, in a place already counted in `_held`."""
+        try:
+            return await self._engine.raw_connection()
+        except BaseException:
+            self._free_place()
+            raise
 
     async def _next_given_back(self) -> PoolProxiedConnection | None:
         loop = asyncio.get_running_loop()
@@ -258,38 +259,49 @@ class KeptDriverConnections:
         try:
             return await waiter
         except BaseException:
-            # Cancelled after a connection was handed over: it must not be lost with the waiter.
+            # Cancelled after a connection, or a place, was handed over: pass it on, never lose it.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 handed_over = waiter.result()
-                if handed_over is not None:
+                if handed_over is None:
+                    self._free_place()
+                else:
                     await self._give_back(handed_over)
             raise
         finally:
             timer.cancel()
 
     async def _give_back(self, pooled: PoolProxiedConnection) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # not timed out
-                waiter.set_result(pooled)
-                return
-        if not self._closed and len(self._kept) < self._share:
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(pooled)
+        elif not self._closed and len(self._kept) < self._share:
             self._kept.append((pooled, time.monotonic()))
         else:
             await self._drop(pooled, invalidate=False)
 
     async def _drop(self, pooled: PoolProxiedConnection, *, invalidate: bool) -> None:
-        """Give `pooled` back to the pool (or invalidate it); a waiting read may check out anew."""
-        self._held -= 1
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        """Give `pooled` back to the pool (or invalidate it); its place goes to a waiting read."""
+        self._free_place()
         if invalidate:
             await _invalidate(pooled)
         else:
             await greenlet_spawn(pooled.close)
+
+    def _free_place(self) -> None:
+        """One of the `share` places is no longer used: the next waiting read gets it (and checks a
+        connection out for it), or it is free."""
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(None)
+        else:
+            self._held -= 1
+
+    def _next_waiter(self) -> asyncio.Future[PoolProxiedConnection | None] | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # neither timed out nor cancelled
+                return waiter
+        return None
 
 
 def _time_out(waiter: asyncio.Future[Any]) -> None:
