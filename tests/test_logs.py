@@ -358,3 +358,67 @@ def test_log_line_makes_no_log_record_where_its_handler_is_the_only_one(
     log_line(logger, logging.INFO, {"event": "request"}, "direct")
 
     assert json.loads(stream.getvalue())["event"] == "request"
+
+
+def test_log_line_cuts_a_traceback_in_its_message_as_a_record_line_does() -> None:
+    message = f"failed\nTraceback (most recent call last):\nRuntimeError: key was {CANARY}\n"
+
+    direct, through_record = _both_ways("keyvault.tests.log_line.trace", {}, message)
+
+    assert direct == through_record
+    assert direct["exc_type"] == "RuntimeError"
+    assert CANARY not in json.dumps(direct)
+
+
+def test_log_line_never_raises_on_a_line_it_cannot_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = io.StringIO()
+    logger = _json_logger_writing_to(stream, "keyvault.tests.log_line.unformattable")
+
+    log_line(logger, logging.INFO, {}, "%d requests", "not a number")
+
+    assert stream.getvalue() == ""
+    assert "Logging error" in capsys.readouterr().err
+
+
+def test_log_line_with_no_handler_at_all_falls_back_to_logging(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logger = logging.getLogger("keyvault.tests.log_line.nowhere")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+    log_line(logger, logging.WARNING, {}, "to the last resort")
+
+    assert "to the last resort" in capsys.readouterr().err
+
+
+def test_log_line_honours_logging_disable() -> None:
+    stream = io.StringIO()
+    logger = _json_logger_writing_to(stream, "keyvault.tests.log_line.disabled_globally")
+    logging.disable(logging.INFO)
+    try:
+        log_line(logger, logging.INFO, {}, "switched off")
+    finally:
+        logging.disable(logging.NOTSET)
+
+    assert stream.getvalue() == ""
+
+
+def test_a_line_written_after_its_loop_ended_follows_the_lines_that_loop_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(LineHandler, "WRITE_INTERVAL_SECONDS", 0.2)
+    stream = _RecordingStream()
+    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.order")
+
+    async def loop_ending_with_a_kept_line() -> None:
+        logger.info("first")
+        await asyncio.sleep(0)
+        logger.info("second")  # kept: its write is due after the loop has ended
+
+    asyncio.run(loop_ending_with_a_kept_line())
+    logger.info("third")  # no loop: written at once, but after what was kept
+
+    assert "".join(stream.flushed) == "first\nsecond\nthird\n"

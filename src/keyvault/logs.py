@@ -48,21 +48,20 @@ class JsonFormatter(logging.Formatter):
         self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        exc_type = None
-        if _TRACEBACK_MARK in message:
-            message, exc_type = _without_traceback(message)
         # A request_id passed in `extra` wins: an audit event is logged by whichever request's task
         # stored its batch, and names the request it describes.
         request_id = record.__dict__.get("request_id", current_request_id.get())
         extras = {name: value for name, value in record.__dict__.items() if name not in _NOT_EXTRAS}
-        if exc_type is not None:
-            extras["exc_type"] = exc_type
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            extras["exc_type"] = type(error).__name__
-            extras["exc_frames"] = _frames(error)
-        return self.line(record.created, record.levelname, record.name, message, request_id, extras)
+        error = record.exc_info[1] if record.exc_info else None
+        return self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            request_id,
+            extras,
+            error,
+        )
 
     def line(
         self,
@@ -72,18 +71,27 @@ class JsonFormatter(logging.Formatter):
         message: str,
         request_id: str | None,
         extras: dict[str, Any],
+        error: BaseException | None = None,
     ) -> str:
-        """The JSON text of one line; `extras` cannot replace the fields named before them."""
+        """The JSON text of one line. `extras` cannot replace the fields named before them (a
+        `request_id` among them is ignored: it is the argument's); `error` adds its type and
+        frames."""
         line: dict[str, Any] = {
             "time": self._time(created),
             "level": level,
             "logger": logger,
             "message": message,
         }
+        if _TRACEBACK_MARK in message:
+            line["message"], line["exc_type"] = _without_traceback(message)
         if request_id is not None:
             line["request_id"] = request_id
         for name, value in extras.items():
-            line.setdefault(name, value)
+            if name != "request_id":
+                line.setdefault(name, value)
+        if error is not None:
+            line["exc_type"] = type(error).__name__
+            line["exc_frames"] = _frames(error)
         return _ENCODER.encode(line)
 
     def _time(self, created: float) -> str:
@@ -102,25 +110,33 @@ def log_line(
     """`logger.log(level, message, *args, extra=extras)`, in fewer steps where `keyvault serve`'s
     logging is in place: a line whose one destination is a LineHandler with a JsonFormatter (no
     filters on the way) is formatted straight from its fields, without a LogRecord; the text is the
-    same. Two lines of every request go this way (README, Performance). A `request_id` among
-    `extras` wins over the current request's, as with `extra`."""
+    same. Two lines of every request go this way (README, Performance). As with `extra`, no name in
+    `extras` may be a LogRecord attribute's, and a `request_id` among them wins over the current
+    request's."""
     if logger.disabled or not logger.isEnabledFor(level):
         return
     handler = _sole_line_handler(logger, level)
     formatter = handler.formatter if handler is not None else None
-    if handler is None or not isinstance(formatter, JsonFormatter):
+    if handler is None or type(formatter) is not JsonFormatter:
         logger.log(level, message, *args, extra=extras)
         return
-    request_id = extras.pop("request_id") if "request_id" in extras else current_request_id.get()
-    text = formatter.line(
-        time.time(),
-        logging.getLevelName(level),
-        logger.name,
-        message % args if args else message,
-        request_id,
-        extras,
-    )
-    handler.write_line(text)
+    request_id = extras["request_id"] if "request_id" in extras else current_request_id.get()
+    # Under the handler's lock, as Handler.handle formats a record: the formatter keeps the text of
+    # the current second, and another thread may be logging too.
+    with handler.lock or contextlib.nullcontext():
+        try:
+            text = formatter.line(
+                time.time(),
+                logging.getLevelName(level),
+                logger.name,
+                message % args if args else message,
+                request_id,
+                extras,
+            )
+        except Exception:  # as Handler.emit does: a line that cannot be formatted never raises
+            handler.handleError(logging.makeLogRecord({"msg": "a log line could not be formatted"}))
+            return
+        handler.write_line(text)
 
 
 def _sole_line_handler(logger: logging.Logger, level: int) -> LineHandler | None:
@@ -199,6 +215,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            self._write_pending()  # lines kept by a loop that has ended go first
             self._write_now(line)
             return
         if self._scheduled_in is not loop:
