@@ -416,8 +416,9 @@ def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
     seconds, conns, users = args.duration, args.connections, args.users
     results: dict[str, Any] = {}
     print("bench: warming up", flush=True)
-    for server in (ceiling, keyvault):
-        wrk(server, "GET", users, token, args.warmup, conns)
+    for method in ("GET", "PUT"):
+        for server in (ceiling, keyvault):
+            wrk(server, method, users, token, args.warmup, conns)
     # Rounds alternate the two apps, so that a change in the machine's other load weighs on both
     # alike; each figure is the median over rounds, and the per-round ratios are kept in the JSON.
     rounds: dict[str, list[dict[str, Any]]] = {}
