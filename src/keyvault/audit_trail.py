@@ -83,7 +83,9 @@ class AuditTrail:
         self._head: ChainHead | None = None  # the head as this process last wrote it
         self._keyring = keyring
         self._keys: dict[str, bytes] = {}
-        self._group: BatchQueue[AuditEvent, ChainedEvent] = BatchQueue(self._flush, MAX_BATCH)
+        self._group: BatchQueue[AuditEvent, ChainedEvent] = BatchQueue(
+            self._flush, MAX_BATCH, gather_released=True
+        )
 
     async def record(self, event: AuditEvent) -> ChainedEvent:
         """Store `event` by group commit and return once it is committed."""

@@ -25,13 +25,25 @@ class BatchQueue(Generic[Item, Result]):
     `run` gets each batch and must settle every future in it (with a result or an exception).
     A future that a cancelled queue never ran is failed with AuditUnavailable (503): nothing was
     stored for it.
+
+    With `gather_released`, the queue lets the event loop run what was ready, once, after each
+    batch before it takes the next: the requests a batch released go on and submit their next
+    items, which then join the next batch instead of trailing it in a batch of their own. Under
+    load batches grow and each item costs less CPU, for a turn of the loop of extra wait per
+    batch. The audit trail's reads gain (a GET cost 10% less CPU); PUTs do not, their batches being
+    bound by database round trips rather than the CPU (5% fewer PUTs/s), README, Performance.
     """
 
     def __init__(
-        self, run: Callable[[Batch[Item, Result]], Awaitable[None]], max_batch: int
+        self,
+        run: Callable[[Batch[Item, Result]], Awaitable[None]],
+        max_batch: int,
+        *,
+        gather_released: bool = False,
     ) -> None:
         self._run = run
         self._max_batch = max_batch
+        self._gather_released = gather_released
         self._queue: Batch[Item, Result] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -53,6 +65,8 @@ class BatchQueue(Generic[Item, Result]):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 await self._run(batch)
+                if self._gather_released:
+                    await asyncio.sleep(0)
         finally:
             self._runner = None
             fail(self._queue, AuditUnavailable)  # only left over when this task was cancelled
