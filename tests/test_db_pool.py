@@ -4,7 +4,8 @@ configured size."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import asyncpg
 import pytest
@@ -115,6 +116,20 @@ async def test_configured_pool_size_is_the_request_pool_of_the_app(
             await held.enter_async_context(engine.connect())
 
 
+@asynccontextmanager
+async def _reads_sharing(
+    database_url: str, *, share: int, wait_seconds: float = 30.0, pool_size: int = 3
+) -> AsyncIterator[tuple[AsyncEngine, db.KeptDriverConnections]]:
+    """A pool of `pool_size` and reads sharing `share` of it; all given back and closed after."""
+    engine = db.create_engine(database_url, pool_size=pool_size, max_overflow=0)
+    connections = db.KeptDriverConnections(engine, share, wait_seconds)
+    try:
+        yield engine, connections
+    finally:
+        await connections.aclose()
+        await engine.dispose()
+
+
 async def _kept_backend_pid(connections: db.KeptDriverConnections) -> int:
     async with connections.connection() as connection:
         pid: int = await connection.fetchval("SELECT pg_backend_pid()")
@@ -123,9 +138,7 @@ async def _kept_backend_pid(connections: db.KeptDriverConnections) -> int:
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_kept_connections_are_reused_and_given_back_on_close(database_url: str) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=2)
-    try:
+    async with _reads_sharing(database_url, share=2) as (engine, connections):
         first = await _kept_backend_pid(connections)
         assert await _kept_backend_pid(connections) == first
         assert _checked_out(engine) == 1
@@ -136,8 +149,6 @@ async def test_kept_connections_are_reused_and_given_back_on_close(database_url:
 
         await connections.aclose()
         assert _checked_out(engine) == 0
-    finally:
-        await engine.dispose()
 
 
 def _checked_out(engine: AsyncEngine) -> int:
@@ -148,8 +159,6 @@ def _checked_out(engine: AsyncEngine) -> int:
 async def test_reads_beyond_the_share_wait_for_a_kept_connection_and_leave_the_pool_free(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=2)
     most_at_once = 0
 
     async def read() -> None:
@@ -158,41 +167,31 @@ async def test_reads_beyond_the_share_wait_for_a_kept_connection_and_leave_the_p
             most_at_once = max(most_at_once, _checked_out(engine))
             await connection.fetchval("SELECT pg_sleep(0.05)")
 
-    try:
+    async with _reads_sharing(database_url, share=2) as (engine, connections):
         await asyncio.gather(*(read() for _ in range(6)))
         assert most_at_once == 2
         # The third connection was never taken by reads: anything else still gets it at once.
         assert await _backend_pid(engine) > 0
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_a_read_waiting_past_the_pool_timeout_fails_as_a_pool_timeout(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=0.1)
-    try:
+    async with _reads_sharing(database_url, share=1, wait_seconds=0.1) as (engine, connections):
         async with connections.connection():
             with pytest.raises(PoolTimeoutError):
                 await _kept_backend_pid(connections)
         assert db.is_database_outage(PoolTimeoutError())  # answered 503, as a full pool is
         assert await _kept_backend_pid(connections) > 0  # nothing is left waiting or lost
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_a_read_cancelled_as_a_connection_is_handed_to_it_does_not_lose_the_connection(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1)
-    try:
+    async with _reads_sharing(database_url, share=1) as (engine, connections):
         async with connections.connection() as held:
             holder = await held.fetchval("SELECT pg_backend_pid()")
             waiting = asyncio.create_task(_kept_backend_pid(connections))
@@ -204,18 +203,13 @@ async def test_a_read_cancelled_as_a_connection_is_handed_to_it_does_not_lose_th
 
         assert await asyncio.wait_for(_kept_backend_pid(connections), timeout=1) == holder
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_a_read_waiting_when_a_held_connection_fails_checks_out_a_new_one(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=2)
-    try:
+    async with _reads_sharing(database_url, share=1, wait_seconds=2) as (engine, connections):
         killed = await _kept_backend_pid(connections)
         waiting: asyncio.Task[int] | None = None
 
@@ -232,9 +226,6 @@ async def test_a_read_waiting_when_a_held_connection_fails_checks_out_a_new_one(
         assert waiting is not None
         assert await waiting != killed
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
@@ -242,17 +233,13 @@ async def test_a_kept_connection_that_went_stale_is_replaced_before_use(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every kept connection counts as idle
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1)
-    try:
+    async with _reads_sharing(database_url, share=1) as (engine, connections):
         stale = await _kept_backend_pid(connections)
         await _terminate(stale)
 
         assert await _kept_backend_pid(connections) != stale
         await connections.aclose()
         assert _checked_out(engine) == 0
-    finally:
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
@@ -260,9 +247,7 @@ async def test_a_kept_connection_killed_under_it_fails_once_then_reads_recover(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)  # recently used: no ping
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1)
-    try:
+    async with _reads_sharing(database_url, share=1) as (engine, connections):
         killed = await _kept_backend_pid(connections)
         await _terminate(killed)
 
@@ -270,53 +255,41 @@ async def test_a_kept_connection_killed_under_it_fails_once_then_reads_recover(
             await _kept_backend_pid(connections)
         assert await _kept_backend_pid(connections) != killed
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_a_cut_off_statement_gives_its_connection_back_to_the_pool(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=1, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1)
 
     async def slow_query() -> None:
         async with connections.connection() as connection:
             await connection.fetchval("SELECT pg_sleep(5)")
 
-    try:
+    async with _reads_sharing(database_url, share=1, pool_size=1) as (engine, connections):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(slow_query(), timeout=0.2)
         assert _checked_out(engine) == 0
         # The pool's only connection is usable again, by the pool's other users too.
         assert await _backend_pid(engine) > 0
         assert await _kept_backend_pid(connections) > 0
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_a_read_still_running_at_close_gives_its_connection_back_when_it_ends(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1)
+    async with _reads_sharing(database_url, share=1) as (engine, connections):
 
-    async def slow_read() -> None:
-        async with connections.connection() as connection:
-            await connection.fetchval("SELECT pg_sleep(0.3)")
+        async def slow_read() -> None:
+            async with connections.connection() as connection:
+                await connection.fetchval("SELECT pg_sleep(0.3)")
 
-    try:
         read = asyncio.create_task(slow_read())
         await asyncio.sleep(0.1)
         await connections.aclose()
         await read
         assert _checked_out(engine) == 0
-    finally:
-        await engine.dispose()
 
 
 async def _read_one(connections: db.KeptDriverConnections) -> int:
@@ -347,9 +320,7 @@ async def _fail_holding_one(
 async def test_the_place_of_a_dropped_connection_passes_on_when_its_next_read_is_cancelled(
     database_url: str,
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=5)
-    try:
+    async with _reads_sharing(database_url, share=1, wait_seconds=5) as (engine, connections):
         first, second = await _fail_holding_one(connections, waiting=2)
         first.cancel()  # its request went away before it could use the place it was given
 
@@ -357,17 +328,12 @@ async def test_the_place_of_a_dropped_connection_passes_on_when_its_next_read_is
         with pytest.raises(asyncio.CancelledError):
             await first
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.usefixtures("postgres_only")
 async def test_the_place_of_a_failed_checkout_passes_on_to_the_next_waiting_read(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = db.create_engine(database_url, pool_size=3, max_overflow=0)
-    connections = db.KeptDriverConnections(engine, share=1, wait_seconds=5)
     checkout = AsyncEngine.raw_connection
     checkouts = 0
 
@@ -379,13 +345,10 @@ async def test_the_place_of_a_failed_checkout_passes_on_to_the_next_waiting_read
         return await checkout(self)
 
     monkeypatch.setattr(AsyncEngine, "raw_connection", second_checkout_times_out)
-    try:
+    async with _reads_sharing(database_url, share=1, wait_seconds=5) as (engine, connections):
         first, second = await _fail_holding_one(connections, waiting=2)
 
         with pytest.raises(PoolTimeoutError):
             await asyncio.wait_for(first, timeout=1)
         assert await asyncio.wait_for(second, timeout=1) == 1
         assert _checked_out(engine) == 1
-    finally:
-        await connections.aclose()
-        await engine.dispose()

@@ -239,8 +239,9 @@ def test_outside_a_loop_every_line_is_written_at_once() -> None:
     assert stream.flushed == ["first\n", "second\n"]
 
 
-def test_lines_kept_when_a_loop_ends_go_out_with_the_next_loops_lines(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("next_line_in_a_loop", [True, False], ids=["next-loop", "no-loop"])
+def test_lines_kept_when_a_loop_ends_go_out_before_the_next_line(
+    monkeypatch: pytest.MonkeyPatch, next_line_in_a_loop: bool
 ) -> None:
     monkeypatch.setattr(LineHandler, "WRITE_INTERVAL_SECONDS", 0.2)
     stream = _RecordingStream()
@@ -257,8 +258,11 @@ def test_lines_kept_when_a_loop_ends_go_out_with_the_next_loops_lines(
 
     asyncio.run(first_loop())
     assert stream.flushed == ["first\n"]
-    asyncio.run(next_loop())
-    assert stream.flushed == ["first\n", "second\nthird\n"]
+    if next_line_in_a_loop:
+        asyncio.run(next_loop())
+    else:
+        logger.info("third")  # written at once, but after what the ended loop kept
+    assert "".join(stream.flushed) == "first\nsecond\nthird\n"
 
 
 def _both_ways(
@@ -404,21 +408,3 @@ def test_log_line_honours_logging_disable() -> None:
         logging.disable(logging.NOTSET)
 
     assert stream.getvalue() == ""
-
-
-def test_a_line_written_after_its_loop_ended_follows_the_lines_that_loop_kept(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(LineHandler, "WRITE_INTERVAL_SECONDS", 0.2)
-    stream = _RecordingStream()
-    logger = _logger_writing_to(stream, "keyvault.tests.line_handler.order")
-
-    async def loop_ending_with_a_kept_line() -> None:
-        logger.info("first")
-        await asyncio.sleep(0)
-        logger.info("second")  # kept: its write is due after the loop has ended
-
-    asyncio.run(loop_ending_with_a_kept_line())
-    logger.info("third")  # no loop: written at once, but after what was kept
-
-    assert "".join(stream.flushed) == "first\nsecond\nthird\n"
