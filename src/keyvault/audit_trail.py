@@ -4,9 +4,11 @@ A mutation (PUT, DELETE) writes its event in the request's own transaction, so t
 record commit together or not at all (PUTs share that transaction with concurrent PUTs, see
 key_writes). Reads and refusals go through group commit (batching.BatchQueue): the first event to
 arrive while no flush is running is flushed at once; events arriving while a flush is in flight
-wait for it and go out together in the next one, so a lone request pays one short transaction and
-a busy server pays one per batch. Each caller waits for the commit of its own event, and a failure
-to store it surfaces as `AuditUnavailable` (503): no key is handed out and no denial goes unrecorded.
+wait for it and go out together in the next one (which first lets the loop run what the last one
+released, so that those reads' next events join it), so a lone request pays one short transaction
+and a busy server pays one per batch. Each caller waits for the commit of its own event, and a
+failure to store it surfaces as `AuditUnavailable` (503): no key is handed out and no denial goes
+unrecorded.
 
 Every stored event is also logged once, after its commit, as one JSON line on "keyvault.audit".
 """
