@@ -121,22 +121,7 @@ def log_line(
         logger.log(level, message, *args, extra=extras)
         return
     request_id = extras["request_id"] if "request_id" in extras else current_request_id.get()
-    # Under the handler's lock, as Handler.handle formats a record: the formatter keeps the text of
-    # the current second, and another thread may be logging too.
-    with handler.lock or contextlib.nullcontext():
-        try:
-            text = formatter.line(
-                time.time(),
-                logging.getLevelName(level),
-                logger.name,
-                message % args if args else message,
-                request_id,
-                extras,
-            )
-        except Exception:  # as Handler.emit does: a line that cannot be formatted never raises
-            handler.handleError(logging.makeLogRecord({"msg": "a log line could not be formatted"}))
-            return
-        handler.write_line(text)
+    handler.emit_fields(formatter, level, logger.name, request_id, extras, message, args)
 
 
 def _sole_line_handler(logger: logging.Logger, level: int) -> LineHandler | None:
@@ -205,9 +190,35 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._write_or_keep(line)
 
-    def write_line(self, line: str) -> None:
-        """Write one formatted line (keyvault.logs.log_line's way in), as `emit` writes a record's."""
+    def emit_fields(
+        self,
+        formatter: JsonFormatter,
+        level: int,
+        logger: str,
+        request_id: str | None,
+        extras: dict[str, Any],
+        message: str,
+        args: tuple[object, ...],
+    ) -> None:
+        """What `emit` does for a record, from the record's fields (keyvault.logs.log_line's way
+        in): formatted under the handler's lock, as Handler.handle formats a record (the formatter
+        keeps the text of the current second, and another thread may be logging too), and a line
+        that cannot be formatted goes to handleError instead of raising."""
         with self.lock or contextlib.nullcontext():
+            try:
+                line = formatter.line(
+                    time.time(),
+                    logging.getLevelName(level),
+                    logger,
+                    message % args if args else message,
+                    request_id,
+                    extras,
+                )
+            except Exception:
+                self.handleError(
+                    logging.makeLogRecord({"msg": "a log line could not be formatted"})
+                )
+                return
             self._write_or_keep(line)
 
     def _write_or_keep(self, line: str) -> None:
