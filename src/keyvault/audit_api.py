@@ -6,9 +6,6 @@ is stable while new events keep arriving at the top.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import UTC, datetime
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Query
@@ -16,9 +13,17 @@ from fastapi import APIRouter, Depends, Query
 from keyvault import audit_repository
 from keyvault.api import Session, _problems
 from keyvault.audit import Action, ChainedEvent, Outcome
+from keyvault.audit_query import (
+    ActorFilter,
+    Cursor,
+    Since,
+    TargetFilter,
+    Until,
+    decode_cursor,
+    encode_cursor,
+)
 from keyvault.audit_repository import EventFilter
 from keyvault.auth import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
-from keyvault.errors import InvalidRequest
 from keyvault.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
 
 DEFAULT_PAGE: Final = 50
@@ -28,9 +33,6 @@ router = APIRouter()
 
 # The owner sees their key's log with any api-key scope; others need users:any as well.
 LogReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
-Cursor = Annotated[
-    str | None, Query(description="`next_cursor` of the previous page.", max_length=64)
-]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
 
 
@@ -44,14 +46,12 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
 async def search_audit(
     caller: AuditReader,
     session: Session,
-    sub: Annotated[str | None, Query(description="Target user's `sub`.", max_length=255)] = None,
-    actor: Annotated[str | None, Query(description="Caller's `sub`.", max_length=255)] = None,
+    sub: TargetFilter = None,
+    actor: ActorFilter = None,
     action: Action | None = None,
     outcome: Outcome | None = None,
-    since: Annotated[
-        datetime | None, Query(alias="from", description="From this time on (inclusive).")
-    ] = None,
-    until: Annotated[datetime | None, Query(alias="to", description="Before this time.")] = None,
+    since: Since = None,
+    until: Until = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_PAGE,
 ) -> AuditPage:
@@ -60,8 +60,8 @@ async def search_audit(
         actor=actor,
         action=action,
         outcome=outcome,
-        since=_utc(since),
-        until=_utc(until),
+        since=since,
+        until=until,
     )
     events, next_cursor = await _page(session, where, cursor, limit)
     return AuditPage(
@@ -103,33 +103,12 @@ async def read_access_log(
 async def _page(
     session: Session, where: EventFilter, cursor: str | None, limit: int
 ) -> tuple[list[ChainedEvent], str | None]:
-    before = _decode_cursor(cursor) if cursor is not None else None
+    before = decode_cursor(cursor) if cursor is not None else None
     events = await audit_repository.list_events(session, where, before, limit + 1)
     if len(events) <= limit:
         return events, None
     page = events[:limit]
-    return page, _encode_cursor(page[-1].seq)
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        prefix, _, number = text.partition(":")
-        if prefix != "seq" or not number.isdigit():
-            raise ValueError
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("query.cursor: is not a cursor this service issued") from None
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return page, encode_cursor(page[-1].seq)
 
 
 def _fields(item: ChainedEvent) -> dict[str, object]:

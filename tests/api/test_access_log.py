@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
@@ -121,3 +122,44 @@ async def test_a_sub_that_looks_like_a_log_path_still_reaches_its_key(
     read = await client.get(key_path(sub), headers=owner)
     assert read.status_code == 200
     assert read.json()["sub"] == sub
+
+
+def _cursor_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor_of(f"seq:{2**63}"),
+        _cursor_of("seq:" + "9" * 40),
+        _cursor_of("seq:-5"),
+        _cursor_of("seq:5") + "!!",
+        "",
+    ],
+)
+async def test_the_owner_gets_422_for_a_cursor_the_service_did_not_issue(
+    client: httpx.AsyncClient, token: TokenFactory, unique_sub: str, cursor: str
+) -> None:
+    owner = token(unique_sub, ALL)
+    await client.get(key_path(unique_sub, "/status"), headers=bearer(owner))
+    before = (await _log(client, unique_sub, owner)).json()["events"]
+
+    response = await _log(client, unique_sub, owner, cursor=cursor)
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    detail = response.json()["detail"]
+    assert detail.startswith("query.cursor: ")
+    assert "; " not in detail  # one reason, stated once
+    # Reading the log is not audited, and neither is a refused read of it.
+    assert (await _log(client, unique_sub, owner)).json()["events"] == before
+
+
+async def test_the_largest_sequence_number_is_a_valid_cursor(
+    client: httpx.AsyncClient, token: TokenFactory, unique_sub: str
+) -> None:
+    owner = token(unique_sub, ALL)
+    await client.get(key_path(unique_sub, "/status"), headers=bearer(owner))
+    response = await _log(client, unique_sub, owner, cursor=_cursor_of(f"seq:{2**63 - 1}"))
+    assert response.status_code == 200
+    assert [e["action"] for e in response.json()["events"]] == ["status"]
