@@ -19,13 +19,11 @@ RUN /opt/keyvault/bin/pip install --no-deps .
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/keyvault/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    KEYVAULT_ALEMBIC_DIR=/app/alembic
+    PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin keyvault
 COPY --from=build /opt/keyvault /opt/keyvault
+# The migrations are inside the installed package; nothing else of the checkout is needed.
 WORKDIR /app
-COPY alembic.ini ./
-COPY alembic ./alembic
 USER 10001:10001
 EXPOSE 8000
 # python, not curl: the slim image has no curl. Plain HTTP on the container's own loopback.

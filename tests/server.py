@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,8 @@ from tests.conftest import AUDIENCE, ISSUER, JWT_SECRET, MASTER_KEY
 
 STARTUP_SECONDS = 60
 EXIT_SECONDS = 30
+# The package under test, as this venv has it (editable, from src/).
+KEYVAULT_HERE = (sys.executable, "-m", "keyvault")
 
 
 @dataclass
@@ -69,14 +71,18 @@ def running_server(
     workdir: Path,
     *serve_args: str,
     tls_ca: Path | None = None,
+    keyvault: Sequence[str] = KEYVAULT_HERE,
 ) -> Iterator[RunningServer]:
-    """Start `keyvault serve`, wait until /healthz answers, and stop it (SIGTERM) afterwards."""
+    """Start `keyvault serve`, wait until /healthz answers, and stop it (SIGTERM) afterwards.
+
+    `keyvault` is the command that runs the CLI, e.g. the script of another installation.
+    """
     port = free_port()
     scheme = "https" if tls_ca is not None else "http"
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "keyvault", "serve", "--port", str(port), *serve_args],
+            [*keyvault, "serve", "--port", str(port), *serve_args],
             cwd=workdir,
             env=server_env(database_url),
             stdout=log,

@@ -27,17 +27,16 @@ from keyvault import cli
 from keyvault.app import create_app
 from keyvault.config import Settings, refuse_weak_master_key
 from keyvault.docs import DOCS_PATH
-from keyvault.migrations import alembic_directory, upgrade_to_head
+from keyvault.migrations import upgrade_to_head
 from tests.conftest import JWT_SECRET, MASTER_KEY
 from tests.server import free_port, running_server
+from tests.test_installed_package import PACKAGE_SOURCES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
 SECRETS_MOUNT = PurePosixPath("/run/secrets")
-# Read by keyvault outside Settings: migrations.alembic_directory() (checked below that it does).
-NON_SETTING_VARIABLES = {"KEYVAULT_ALEMBIC_DIR"}
 
 
 # --- reading the files ---------------------------------------------------------------------------
@@ -145,9 +144,9 @@ def cli_accepts(args: list[str]) -> bool:
 
 
 def known_variables() -> set[str]:
-    """Every variable keyvault reads: settings (and their _FILE twins) and NON_SETTING_VARIABLES."""
+    """Every variable keyvault reads: its settings and their _FILE twins."""
     prefix = Settings.model_config.get("env_prefix", "")
-    names = set(NON_SETTING_VARIABLES)
+    names: set[str] = set()
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
         if alias is not None:
@@ -228,17 +227,18 @@ def test_image_sets_only_variables_keyvault_reads() -> None:
     assert variables <= known_variables()
 
 
-def test_image_points_keyvault_at_the_migrations_it_copies(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    stage = runtime_stage()
-    configured = env_instructions(stage)["KEYVAULT_ALEMBIC_DIR"]
-    workdir = PurePosixPath(stage.last("WORKDIR").value[0])
-    copied = [command.value for command in stage.all("COPY") if command.value[0] == "alembic"]
-    assert copied, "alembic/ is not copied into the image"
-    assert workdir / copied[0][-1] == PurePosixPath(configured)
-    monkeypatch.setenv("KEYVAULT_ALEMBIC_DIR", configured)
-    assert alembic_directory() == Path(configured)
+def test_image_installs_the_package_from_what_the_wheel_test_builds_it_from() -> None:
+    """The migrations travel inside the package, which tests/test_installed_package.py runs
+    from another directory; the runtime stage needs nothing from the checkout beside it."""
+    build, runtime = dockerfile_stages()[0], runtime_stage()
+    copied = {source for command in build.all("COPY") for source in command.value[:-1]}
+    assert set(PACKAGE_SOURCES) <= copied
+    runs = [args.split() for args in build.values("RUN")]
+    project_installs = [words for words in runs if "install" in words and "-r" not in words]
+    assert project_installs
+    assert all(args[-1] == "." and "-e" not in args for args in project_installs)
+    for command in runtime.all("COPY"):
+        assert any(flag.startswith("--from") for flag in command.flags), command.original
 
 
 def dockerignore_excludes(path: str) -> bool:

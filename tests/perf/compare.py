@@ -32,12 +32,21 @@ WORKTREE = "WORKTREE"
 
 
 def source_tree(revision: str, into: Path) -> Path:
-    """The `src/` of `revision` (with the alembic/ beside it that migrations.py looks for)."""
+    """The `src/` of `revision`, and the alembic/ beside it where migrations were not yet inside it."""
     if revision == WORKTREE:
         return bench.REPO / "src"
     into.mkdir(parents=True)
+    has_alembic_folder = (
+        subprocess.run(
+            ["git", "-C", str(bench.REPO), "cat-file", "-e", f"{revision}:alembic"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    paths = ["src", "alembic"] if has_alembic_folder else ["src"]
     archive = subprocess.run(
-        ["git", "-C", str(bench.REPO), "archive", revision, "src", "alembic"],
+        ["git", "-C", str(bench.REPO), "archive", revision, *paths],
         capture_output=True,
         check=True,
     ).stdout

@@ -1,8 +1,10 @@
-"""Running Alembic from code, so `keyvault migrate`, the server and the tests share one path."""
+"""The schema migrations (env.py, versions/), shipped inside the package, and running them from code.
+
+`keyvault migrate`, the server and the tests share this one path, from whatever directory they run.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alembic import command
@@ -11,19 +13,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
-def alembic_directory() -> Path:
-    """`alembic/` beside the source tree, or where KEYVAULT_ALEMBIC_DIR points (e.g. in the image)."""
-    configured = os.environ.get("KEYVAULT_ALEMBIC_DIR")
-    if configured:
-        return Path(configured)
-    beside_source = Path(__file__).resolve().parents[2] / "alembic"
-    return beside_source if beside_source.is_dir() else Path.cwd() / "alembic"
+# alembic.ini's script_location names this same folder, for the `alembic` CLI in a checkout.
+SCRIPT_DIRECTORY = Path(__file__).resolve().parent
 
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(alembic_directory()))
+    config.set_main_option("script_location", str(SCRIPT_DIRECTORY))
     # ConfigParser interpolation would read a '%' in a URL-encoded password as a reference.
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
