@@ -8,6 +8,7 @@ database (SQLite) is enough.
 from __future__ import annotations
 
 import json
+import resource
 import select
 import socket
 import time
@@ -18,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import key_path, mint
+from keyvault.http_protocol import RESERVED_DESCRIPTORS, ConnectionLimits
+from tests.conftest import key_path, make_settings, mint
 from tests.real_server import RunningServer, server_environment, serving
 
 pytestmark = pytest.mark.server
@@ -259,3 +261,10 @@ def test_past_the_connection_bound_waiting_connections_are_shed_and_clients_stil
         assert line["level"] == "WARNING"
         assert line["max_connections"] == MAX_CONNECTIONS
     assert [healthz_status(bounded_server) for _ in range(5)] == [200] * 5
+
+
+def test_the_connection_bound_stays_under_the_open_file_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    settings = make_settings("sqlite+aiosqlite:///unused.db", max_connections=10**9)
+    limits = ConnectionLimits.from_settings(settings)
+    assert limits.max_connections == soft - RESERVED_DESCRIPTORS

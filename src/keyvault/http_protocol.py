@@ -7,7 +7,8 @@ run out. Here, per worker:
   previous response ending, and its body within `body_timeout` of the head; a connection that
   misses its deadline is closed;
 - a head longer than `max_header_bytes` gets 431 (problem+json) and the connection is closed; the
-  parser never holds more than that much of a head;
+  parser holds at most that much of a head (twice that for one pipelined in the same packet as
+  the request before it);
 - past `max_connections` open connections, a new one makes room by closing the connection that has
   waited longest for a request head (trickling or idle clients go first; a request in flight is
   never cut); if none is waiting, the new connection is closed.
