@@ -26,6 +26,11 @@ class RunningServer:
     base_url: str
     stdout: Path
     stderr: Path
+    pid: int = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def output(self) -> str:
         return self.stdout.read_text() + self.stderr.read_text()
@@ -70,6 +75,7 @@ def serving(workdir: Path, env: dict[str, str], *serve_args: str) -> Iterator[Ru
             stdout=stdout,
             stderr=stderr,
         )
+    server.pid = process.pid
     try:
         wait_until_live(server.base_url, process)
         yield server

@@ -140,3 +140,21 @@ def test_database_pool_size_below_one_or_not_a_number_is_refused(
     with pytest.raises(ConfigurationError) as raised:
         load_settings()
     assert f"database_pool_size: Input should be {reason}" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KEYVAULT_MAX_HEADER_BYTES", "1024"),
+        ("KEYVAULT_MAX_HEADER_BYTES", str(2 * 1024 * 1024)),
+        ("KEYVAULT_HEADER_TIMEOUT", "0"),
+        ("KEYVAULT_BODY_TIMEOUT", "-1"),
+        ("KEYVAULT_MAX_CONNECTIONS", "0"),
+    ],
+)
+def test_client_bounds_out_of_range_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable.removeprefix("KEYVAULT_").lower()):
+        load_settings()

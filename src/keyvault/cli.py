@@ -162,6 +162,8 @@ def serve(
     """Run the HTTP service (after checking the schema and the master key)."""
     import uvicorn
 
+    from keyvault.http_protocol import GuardedHttpProtocol
+
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ConfigurationError(
             "--ssl-certfile and --ssl-keyfile go together; give both or neither"
@@ -178,6 +180,9 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            http=GuardedHttpProtocol,
+            # keyvault serves no WebSocket route; an upgrade request is answered as plain HTTP.
+            ws="none",
             log_config=log_config,
             access_log=False,
             server_header=False,

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     # Per worker, for requests (the audit trail has a pool of its own); no overflow beyond it.
     database_pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1)
 
+    # Slow or abusive clients, per worker (keyvault.http_protocol).
+    header_timeout: float = Field(default=10, gt=0, le=300)
+    body_timeout: float = Field(default=10, gt=0, le=300)
+    max_header_bytes: int = Field(default=32 * 1024, ge=4096, le=1024 * 1024)
+    max_connections: int = Field(default=1000, ge=1)
+
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
     rate_limit: str = "600/minute"
