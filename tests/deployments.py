@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault import repository
@@ -94,3 +94,19 @@ async def key_id_of(database_url: str, master_key: str) -> str:
         deployment = await repository.get_deployment(session)
     assert deployment is not None
     return RootKey.derive(master_key, deployment.kdf_salt, deployment.kdf_iterations).key_id
+
+
+async def database_contents(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, in a stable order: equal before and after means nothing was written."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            schema = MetaData()
+            await connection.run_sync(schema.reflect)
+            contents = {}
+            for table in schema.sorted_tables:
+                rows = (await connection.execute(select(table))).tuples().all()
+                contents[table.name] = sorted((tuple(row) for row in rows), key=repr)
+            return contents
+    finally:
+        await engine.dispose()

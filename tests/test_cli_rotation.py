@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from alembic import command
 from sqlalchemy import func, select
 
+from keyvault import repository
+from keyvault.crypto import new_deployment_salt
 from keyvault.db import session_scope
+from keyvault.master_keys import unlock
+from keyvault.migrations import alembic_config
 from keyvault.models import ApiKeyRecord
 from tests.conftest import JWT_SECRET
 from tests.deployments import (
+    CHEAP_ITERATIONS,
     NEW_KEY,
     OLD_KEY,
+    OTHER_KEY,
     api_key_of,
     create_deployment,
+    database_contents,
     key_id_of,
     keyring_for,
     open_all,
@@ -189,3 +200,53 @@ async def test_keys_status_flags_records_under_an_unconfigured_key(
     result = _keyvault(empty_database_url, tmp_path, "keys", "status", previous=None)
     assert result.returncode == 1
     assert f"{old_id}  v2               1  NOT CONFIGURED" in result.stdout
+
+
+def _assert_refused_without_keys(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("keyvault: ")
+    assert expected in result.stderr
+    assert all(key not in result.stderr + result.stdout for key in (OLD_KEY, NEW_KEY, OTHER_KEY))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [("migrate",), ("serve", "--port", "1"), ("rotate",), ("keys", "status")],
+    ids=lambda arguments: arguments[0],
+)
+async def test_a_retired_previous_key_cannot_make_a_new_key_active(
+    empty_database_url: str, tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    await store_records(empty_database_url, await keyring_for(empty_database_url, OLD_KEY), ["a"])
+    await keyring_for(empty_database_url, OTHER_KEY, OLD_KEY)
+    before = await database_contents(empty_database_url)
+
+    result = _keyvault(empty_database_url, tmp_path, *arguments, previous=OLD_KEY)
+
+    _assert_refused_without_keys(result, "active master key")
+    assert await database_contents(empty_database_url) == before
+    assert (await keyring_for(empty_database_url, OTHER_KEY)).previous == ()
+
+
+async def test_migrate_refuses_an_unproven_rotation_before_upgrading_the_schema(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """A schema that knows retirement but is not at head yet: the check runs before the upgrade."""
+    await asyncio.to_thread(command.upgrade, alembic_config(empty_database_url), "0003")
+    async with open_sessions(empty_database_url) as sessions:
+        async with session_scope(sessions) as session:
+            await repository.create_deployment(
+                session, new_deployment_salt(), CHEAP_ITERATIONS, datetime.now(UTC)
+            )
+        for master_key, previous in [(OLD_KEY, ()), (OTHER_KEY, (OLD_KEY,))]:
+            await unlock(
+                sessions, master_key, iterations_for_new=CHEAP_ITERATIONS, previous=previous
+            )
+    before = await database_contents(empty_database_url)
+
+    result = _keyvault(empty_database_url, tmp_path, "migrate", previous=OLD_KEY)
+
+    _assert_refused_without_keys(result, "active master key")
+    assert await database_contents(empty_database_url) == before

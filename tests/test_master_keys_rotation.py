@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.deployments import (
     OLD_KEY,
     OTHER_KEY,
     create_deployment,
+    database_contents,
     keyring_for,
     open_sessions,
 )
@@ -100,3 +102,72 @@ async def test_returning_to_a_retired_key_needs_the_newer_one_as_previous(
     assert (await keyring_for(empty_database_url, OLD_KEY)).current.key_id == back.current.key_id
     with pytest.raises(MasterKeyMismatchError, match="retired"):
         await keyring_for(empty_database_url, NEW_KEY)
+
+
+async def _retire(database_url: str, *keys: str) -> None:
+    """A deployment whose master keys were, in order, `keys`: every one but the last retired."""
+    await create_deployment(database_url, keys[0])
+    for older, newer in itertools.pairwise(keys):
+        await keyring_for(database_url, newer, older)
+
+
+async def test_a_retired_key_as_previous_does_not_prove_a_rotation(
+    empty_database_url: str,
+) -> None:
+    await _retire(empty_database_url, OLD_KEY, NEW_KEY)
+    before = await database_contents(empty_database_url)
+    with pytest.raises(MasterKeyMismatchError, match="active master key") as caught:
+        await keyring_for(empty_database_url, OTHER_KEY, OLD_KEY)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert all(key not in message for key in (OLD_KEY, NEW_KEY, OTHER_KEY))
+    assert await database_contents(empty_database_url) == before
+    assert (await keyring_for(empty_database_url, NEW_KEY)).previous == ()
+
+
+async def test_returning_to_a_retired_key_with_another_retired_key_as_previous_is_refused(
+    empty_database_url: str,
+) -> None:
+    await _retire(empty_database_url, OLD_KEY, NEW_KEY, OTHER_KEY)
+    before = await database_contents(empty_database_url)
+    with pytest.raises(MasterKeyMismatchError, match="retired by a rotation"):
+        await keyring_for(empty_database_url, OLD_KEY, NEW_KEY)
+    assert await database_contents(empty_database_url) == before
+
+
+async def test_returning_to_a_retired_key_with_the_active_one_as_previous_is_accepted(
+    empty_database_url: str,
+) -> None:
+    await _retire(empty_database_url, OLD_KEY, NEW_KEY, OTHER_KEY)
+    back = await keyring_for(empty_database_url, OLD_KEY, OTHER_KEY)
+    assert (await keyring_for(empty_database_url, OLD_KEY)).current.key_id == back.current.key_id
+
+
+async def test_active_key_may_list_retired_keys_as_previous(empty_database_url: str) -> None:
+    await _retire(empty_database_url, OLD_KEY, NEW_KEY)
+    before = await database_contents(empty_database_url)
+    keyring = await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+    assert len(keyring.previous) == 1
+    assert await database_contents(empty_database_url) == before
+
+
+async def test_two_different_rotations_at_once_leave_one_active_key(
+    empty_database_url: str,
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    async with (
+        open_sessions(empty_database_url) as first,
+        open_sessions(empty_database_url) as second,
+    ):
+        outcomes = await asyncio.gather(
+            unlock(first, NEW_KEY, iterations_for_new=CHEAP_ITERATIONS, previous=(OLD_KEY,)),
+            unlock(second, OTHER_KEY, iterations_for_new=CHEAP_ITERATIONS, previous=(OLD_KEY,)),
+            return_exceptions=True,
+        )
+    winners = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+    losers = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert len(winners) == 1, outcomes
+    assert isinstance(losers[0], MasterKeyMismatchError), outcomes
+    async with open_sessions(empty_database_url) as sessions, session_scope(sessions) as session:
+        active = await repository.active_key_ids(session)
+    assert active == {winners[0].current.key_id}

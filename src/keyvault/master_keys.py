@@ -32,6 +32,34 @@ class UnknownPreviousKeyError(MasterKeyMismatchError):
         )
 
 
+class RotationNotProvenError(MasterKeyMismatchError):
+    """A new current key whose previous keys are all retired ones: anyone who kept an old key has those."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no previous master key is the database's active master key; a rotation needs the "
+            "key it replaces in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+        )
+
+
+class RetiredMasterKeyError(MasterKeyMismatchError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the master key was retired by a rotation; to return to it, configure the database's "
+            "active master key in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+        )
+
+
+class ActiveKeyChangedError(MasterKeyMismatchError):
+    """Another process rotated between this one's reading the verifiers and its rotating."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the active master key changed while this process was starting; start it again; "
+            "nothing was written"
+        )
+
+
 async def unlock(
     sessions: async_sessionmaker[AsyncSession],
     master_key: str,
@@ -41,17 +69,19 @@ async def unlock(
 ) -> Keyring:
     """The keyring for this deployment, creating its salt and verifier on first use.
 
-    One key is active: the one whose verifier is not retired. Any other current key is accepted
-    only as a deliberate rotation, i.e. with at least one `previous` key configured; every previous
-    key must match a verifier. The new key then becomes the active one (its verifier recorded, the
-    others retired), so later starts accept it alone and refuse the retired key alone.
+    One key is active: the one whose verifier is not retired. Any other current key (new, or
+    retired) is accepted only as a rotation proven by the active key being among the `previous`
+    keys, and every previous key must match a verifier. The new key then becomes the active one
+    (its verifier recorded, the replaced one retired), so later starts accept it alone and refuse
+    the retired key alone.
 
-    Two processes starting on an empty database (or rotating at once) race to insert the same row;
-    the loser's insert fails on the primary key and it simply reads what the winner wrote.
+    Two processes starting on an empty database race to insert the same row, and two rotating at
+    once race to retire the same active key; the loser's write fails (primary key, or the
+    compare-and-swap) and it tries once more against what the winner wrote.
     """
     try:
         return await _unlock_once(sessions, master_key, iterations_for_new, previous)
-    except IntegrityError:
+    except (IntegrityError, ActiveKeyChangedError):
         return await _unlock_once(sessions, master_key, iterations_for_new, previous)
 
 
@@ -60,20 +90,19 @@ async def check_before_migration(
 ) -> None:
     """Refuse a master key this database does not know, before any migration runs; write nothing.
 
-    It reads only what the first schema revision already had (the deployment row and the
-    verifiers), so it works on a database of any age; `unlock` after the upgrade applies the
-    full rules (retired keys, rotation).
+    It applies the same rules as `unlock` on a database of any age: before the schema knew
+    retirement, every verifier is an active key.
     """
     async with sessions() as session:
         deployment = await repository.get_deployment(session)
         if deployment is None:
             return
         verifiers = await repository.list_verifiers(session)
-    roots = await derive_all(
+        active = await repository.active_key_ids(session)
+    root, *olds = await derive_all(
         (master_key, *previous), deployment.kdf_salt, deployment.kdf_iterations
     )
-    if not any(root.matches(verifiers.get(root.key_id, b"")) for root in roots):
-        raise MasterKeyMismatchError()
+    _replaced_by_rotation(root, olds, verifiers, active)
 
 
 async def derive_all(
@@ -103,25 +132,39 @@ async def _unlock_once(
             salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
         root, *olds = await derive_all((master_key, *previous), salt, iterations)
         verifiers = await repository.list_verifiers(session)
-        for position, old in enumerate(olds, start=1):
-            if not old.matches(verifiers.get(old.key_id, b"")):
-                raise UnknownPreviousKeyError(position)
-        if not verifiers:
+        if not verifiers and not olds:
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
             return Keyring(root)
-        if root.key_id in verifiers and not root.matches(verifiers[root.key_id]):
-            raise MasterKeyMismatchError()
-        known = root.key_id in verifiers
-        retired = known and root.key_id in await repository.retired_key_ids(session)
-        if known and not retired:
-            return Keyring(root, tuple(olds))
-        if olds:
-            # A deliberate rotation (or a return to a retired key): a previous key proves it.
-            await repository.activate_verifier(session, root.key_id, root.verifier(), now)
-            return Keyring(root, tuple(olds))
-        if retired:
-            raise MasterKeyMismatchError(
-                "the master key was retired by a rotation; to return to it, configure the key "
-                "that replaced it in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
-            )
+        active = await repository.active_key_ids(session)
+        replaced = _replaced_by_rotation(root, olds, verifiers, active)
+        if replaced is not None and not await repository.replace_active_verifier(
+            session, replaced, root.key_id, root.verifier(), now
+        ):
+            raise ActiveKeyChangedError()
+        return Keyring(root, tuple(olds))
+
+
+def _replaced_by_rotation(
+    root: RootKey, olds: list[RootKey], verifiers: dict[str, bytes], active: set[str]
+) -> str | None:
+    """None when `root` is an active key; else the active key id that a previous key proves it replaces.
+
+    Only the active key proves a rotation: a retired key is exactly what someone who kept an old
+    configuration still has, and letting it re-key the deployment would lock the operators out.
+    Every other combination raises, before anything is written.
+    """
+    for position, old in enumerate(olds, start=1):
+        if not old.matches(verifiers.get(old.key_id, b"")):
+            raise UnknownPreviousKeyError(position)
+    if root.key_id in verifiers and not root.matches(verifiers[root.key_id]):
         raise MasterKeyMismatchError()
+    if root.key_id in active:
+        return None
+    proof = next((old.key_id for old in olds if old.key_id in active), None)
+    if proof is not None:
+        return proof
+    if root.key_id in verifiers:
+        raise RetiredMasterKeyError()
+    if olds:
+        raise RotationNotProvenError()
+    raise MasterKeyMismatchError()

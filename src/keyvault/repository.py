@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import Row, Table, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import Row, Table, bindparam, delete, func, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -75,15 +75,37 @@ async def add_verifier(session: AsyncSession, key_id: str, verifier: bytes, now:
     await session.flush()
 
 
-async def retired_key_ids(session: AsyncSession) -> set[str]:
-    statement = select(MasterKeyVerifier.key_id).where(MasterKeyVerifier.retired_at.is_not(None))
+async def active_key_ids(session: AsyncSession) -> set[str]:
+    """Key ids whose verifier is not retired; all of them on a schema from before retirement."""
+    connection = await session.connection()
+    columns = await connection.run_sync(
+        lambda sync: {
+            column["name"] for column in inspect(sync).get_columns("master_key_verifiers")
+        }
+    )
+    statement = select(MasterKeyVerifier.key_id)
+    if "retired_at" in columns:
+        statement = statement.where(MasterKeyVerifier.retired_at.is_(None))
     return set((await session.execute(statement)).scalars())
 
 
-async def activate_verifier(
-    session: AsyncSession, key_id: str, verifier: bytes, now: datetime
-) -> None:
-    """Make `key_id` the one active key: record (or revive) its verifier, retire every other."""
+async def replace_active_verifier(
+    session: AsyncSession, replaced_key_id: str, key_id: str, verifier: bytes, now: datetime
+) -> bool:
+    """Retire the active `replaced_key_id` and make `key_id` the one active key (recorded or revived).
+
+    A compare-and-swap: False, with nothing changed, when `replaced_key_id` is no longer active
+    because another process rotated first. The retiring update goes first: it is the statement
+    that waits for a concurrent rotator's lock and then sees what that rotator committed.
+    """
+    connection = await session.connection()
+    retired = await connection.execute(
+        update(MasterKeyVerifier)
+        .where(MasterKeyVerifier.key_id == replaced_key_id, MasterKeyVerifier.retired_at.is_(None))
+        .values(retired_at=now)
+    )
+    if retired.rowcount != 1:
+        return False
     insert = _dialect_insert(session)
     await session.execute(
         insert(MasterKeyVerifier)
@@ -96,6 +118,7 @@ async def activate_verifier(
         .values(retired_at=now),
         execution_options=_NO_SYNC,
     )
+    return True
 
 
 # The read path's one statement, built once over the table's columns: a plain Core select skips
