@@ -220,8 +220,15 @@ async def authenticate(
         request.state.reason = unavailable.reason
         raise
     request.state.actor = principal.sub  # for the request's log line
-    await request.app.state.rate_limiter.enforce_for_principal(principal.sub)
+    await request.app.state.rate_limiter.enforce_for_principal(
+        principal.sub, service=is_service(principal)
+    )
     return principal
+
+
+def is_service(principal: Principal) -> bool:
+    """A service token (`users:any`): one `sub` shared by every replica of the service."""
+    return Scope.any_user in principal.scopes
 
 
 async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     rate_limit: str = "600/minute"
     rate_limit_per_address: str | None = None
+    # Per service token (`users:any`): every replica of a service shares its one `sub`.
+    rate_limit_service: str = "6000/minute"
     rate_limit_storage: SecretStr = SecretStr("memory://")
     rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -193,7 +195,7 @@ class Settings(BaseSettings):
             raise ValueError("KEYVAULT_JWKS_TOKEN_TYPES needs at least one type (e.g. at+jwt)")
         return tuple(media_type(item) for item in value)
 
-    @field_validator("rate_limit", "rate_limit_per_address")
+    @field_validator("rate_limit", "rate_limit_per_address", "rate_limit_service")
     @classmethod
     def _parsable_rate_limit(cls, value: str | None) -> str | None:
         if value is not None:
