@@ -129,7 +129,9 @@ async def test_alg_none_is_refused(idp_client: httpx.AsyncClient) -> None:
 
 
 async def test_alg_none_with_a_known_kid_is_refused(idp_client: httpx.AsyncClient) -> None:
-    response = await status_with(idp_client, forge({"alg": "none", "kid": "rsa-1"}, claims()))
+    response = await status_with(
+        idp_client, forge({"alg": "none", "kid": "rsa-1", "typ": AT_JWT}, claims())
+    )
     assert response.status_code == 401
 
 
@@ -138,7 +140,7 @@ async def test_hs256_signed_with_the_public_key_is_refused(idp_client: httpx.Asy
     public_pem = RSA_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    for header in ({"alg": "HS256", "kid": "rsa-1"}, {"alg": "HS256"}):
+    for header in ({"alg": "HS256", "kid": "rsa-1", "typ": AT_JWT}, {"alg": "HS256"}):
         response = await status_with(idp_client, hmac_signed(header, claims(), public_pem))
         assert response.status_code == 401
 
