@@ -28,7 +28,13 @@ from pydantic import AfterValidator
 
 from keyvault import metrics
 from keyvault.config import Settings, media_type
-from keyvault.errors import Forbidden, KeySetUnavailable, Problem, Unauthorized
+from keyvault.errors import (
+    Forbidden,
+    InsufficientUserAuthentication,
+    KeySetUnavailable,
+    Problem,
+    Unauthorized,
+)
 from keyvault.jwks import JwksCache
 from keyvault.stepup import StepUpPolicy
 from keyvault.token_cache import VerifiedTokenCache
@@ -303,6 +309,9 @@ def require(access: Access) -> Callable[..., Awaitable[Principal]]:
             check_access(caller, sub, access, request.app.state.step_up, now=time.time())
         except Forbidden as forbidden:
             _refuse(request, forbidden)
+        except InsufficientUserAuthentication:
+            request.state.reason = "step_up"  # for the request's log line
+            raise
         return caller
 
     return check
