@@ -7,8 +7,8 @@ identity provider's JWKS. A token that names an algorithm outside that set is re
 Only access tokens get in. The provider signs its ID tokens with the same keys, and an ID token
 minted for keyvault's client carries keyvault's audience, so a key-set token must declare itself
 an access token in its `typ` header (RFC 9068 `at+jwt`, or KEYVAULT_JWKS_TOKEN_TYPES). The shared
-secret signs only what `keyvault token` mints, never an ID token: HS256 tokens without a `typ` or
-with the generic `JWT` are still taken, as the tokens minted before `at+jwt` were.
+secret signs only what `keyvault token` mints, never an ID token, so HS256 tokens without a `typ`
+or with the generic `JWT` are taken too: deployments hold such tokens from older versions.
 """
 
 from __future__ import annotations
