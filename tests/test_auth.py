@@ -27,6 +27,7 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 ATTACKER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 SCOPE = "api-key:read api-key:write"
+AT_JWT = "at+jwt"
 
 
 def _jwks() -> dict[str, Any]:
@@ -115,7 +116,9 @@ async def test_valid_hs256_token_is_accepted(idp_client: httpx.AsyncClient) -> N
 async def test_identity_provider_tokens_are_accepted(
     idp_client: httpx.AsyncClient, key: Any, algorithm: str, kid: str
 ) -> None:
-    token_value = jwt.encode(claims(), key, algorithm=algorithm, headers={"kid": kid})
+    token_value = jwt.encode(
+        claims(), key, algorithm=algorithm, headers={"kid": kid, "typ": AT_JWT}
+    )
     assert (await status_with(idp_client, token_value)).status_code == 200
 
 
@@ -126,7 +129,9 @@ async def test_alg_none_is_refused(idp_client: httpx.AsyncClient) -> None:
 
 
 async def test_alg_none_with_a_known_kid_is_refused(idp_client: httpx.AsyncClient) -> None:
-    response = await status_with(idp_client, forge({"alg": "none", "kid": "rsa-1"}, claims()))
+    response = await status_with(
+        idp_client, forge({"alg": "none", "kid": "rsa-1", "typ": AT_JWT}, claims())
+    )
     assert response.status_code == 401
 
 
@@ -135,7 +140,7 @@ async def test_hs256_signed_with_the_public_key_is_refused(idp_client: httpx.Asy
     public_pem = RSA_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    for header in ({"alg": "HS256", "kid": "rsa-1"}, {"alg": "HS256"}):
+    for header in ({"alg": "HS256", "kid": "rsa-1", "typ": AT_JWT}, {"alg": "HS256"}):
         response = await status_with(idp_client, hmac_signed(header, claims(), public_pem))
         assert response.status_code == 401
 
@@ -151,14 +156,14 @@ async def test_token_signed_by_another_key_under_a_known_kid_is_refused(
     idp_client: httpx.AsyncClient,
 ) -> None:
     token_value = jwt.encode(
-        claims(), ATTACKER_RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"}
+        claims(), ATTACKER_RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1", "typ": AT_JWT}
     )
     assert (await status_with(idp_client, token_value)).status_code == 401
 
 
 async def test_unknown_kid_is_refused(idp_client: httpx.AsyncClient) -> None:
     token_value = jwt.encode(
-        claims(), RSA_KEY, algorithm="RS256", headers={"kid": "not-in-the-set"}
+        claims(), RSA_KEY, algorithm="RS256", headers={"kid": "not-in-the-set", "typ": AT_JWT}
     )
     response = await status_with(idp_client, token_value)
     assert response.status_code == 401

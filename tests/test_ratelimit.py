@@ -98,6 +98,31 @@ async def test_a_principal_over_its_budget_gets_429_from_any_address(
     assert int(refused.headers["retry-after"]) >= 1
 
 
+SERVICE = "api-key:read users:any"
+
+
+async def test_a_service_token_has_its_own_larger_budget_on_both_read_paths(
+    app_client: Client,
+) -> None:
+    service = bearer(mint("svc-billing", SERVICE))
+    limits = {"rate_limit": "2/hour", "rate_limit_service": "6/hour", "rate_limit_per_address": ""}
+    async with app_client(**limits) as http:
+        # The key read (404: no key) takes the short path, the status read the FastAPI route.
+        answers = [
+            (await http.get(key_path("alice", suffix), headers=service)).status_code
+            for suffix in ("", "/status", "", "/status", "", "/status", "")
+        ]
+        user = [await status(http, "svc-billing") for _ in range(3)]
+
+    assert answers == [404, 200, 404, 200, 404, 200, 429]
+    assert user == [200, 200, 429], "the same sub without users:any draws on a user's budget"
+
+
+def test_the_service_budget_defaults_to_ten_times_a_users(database_url: str) -> None:
+    settings = make_settings(database_url)
+    assert (settings.rate_limit, settings.rate_limit_service) == ("600/minute", "6000/minute")
+
+
 async def test_several_limits_apply_together(app_client: Client) -> None:
     async with app_client(rate_limit="", rate_limit_per_address="1000/second;2/hour") as http:
         assert [await status(http) for _ in range(3)] == [200, 200, 429]

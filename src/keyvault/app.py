@@ -15,12 +15,13 @@ from starlette.types import Receive, Scope, Send
 
 from keyvault import api, audit_api, metrics, rotation
 from keyvault.audit_trail import AuditTrail, install_audit_recording
-from keyvault.auth import JwksCache, TokenVerifier
+from keyvault.auth import TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
 from keyvault.db import Timeouts, create_engine, create_sessionmaker
 from keyvault.docs import install_docs
 from keyvault.errors import install_error_handlers
+from keyvault.jwks import JwksCache
 from keyvault.key_writes import KeyWrites
 from keyvault.master_keys import unlock
 from keyvault.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders

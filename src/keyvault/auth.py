@@ -3,11 +3,16 @@
 Algorithms come from configuration, never from the token: HS256 with the shared secret for tokens
 without a `kid`, the configured asymmetric algorithms for tokens whose `kid` names a key in the
 identity provider's JWKS. A token that names an algorithm outside that set is refused by PyJWT.
+
+Only access tokens get in. The provider signs its ID tokens with the same keys, and an ID token
+minted for keyvault's client carries keyvault's audience, so a key-set token must declare itself
+an access token in its `typ` header (RFC 9068 `at+jwt`, or KEYVAULT_JWKS_TOKEN_TYPES). The shared
+secret signs only what `keyvault token` mints, never an ID token, so HS256 tokens without a `typ`
+or with the generic `JWT` are taken too: deployments hold such tokens from older versions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +20,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, NoReturn
 
-import httpx
 import jwt
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -23,15 +27,23 @@ from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import AfterValidator
 
 from keyvault import metrics
-from keyvault.config import Settings
-from keyvault.errors import Forbidden, Problem, Unauthorized
+from keyvault.config import Settings, media_type
+from keyvault.errors import (
+    Forbidden,
+    InsufficientUserAuthentication,
+    KeySetUnavailable,
+    Problem,
+    Unauthorized,
+)
+from keyvault.jwks import JwksCache
 from keyvault.stepup import StepUpPolicy
 from keyvault.token_cache import VerifiedTokenCache
 
 HS_ALGORITHM: Final = "HS256"
 SUB_MAX_LENGTH: Final = 255
-JWKS_REFRESH_MIN_SECONDS: Final = 30
-JWKS_TIMEOUT_SECONDS: Final = 5.0
+ACCESS_TOKEN_TYPE: Final = "at+jwt"
+# What HS256 tokens may say they are: keyvault's own, minted with or without RFC 9068's type.
+HS_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, "jwt"})
 _SOMEONE_ELSES: Final = "The bearer token was issued by or for someone else."
 
 
@@ -61,6 +73,7 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._leeway = settings.jwt_leeway_seconds
         self._jwks_algorithms = list(settings.jwks_algorithms)
+        self._jwks_token_types = frozenset(settings.jwks_token_types)
         self._jwks = jwks
         self._verified: VerifiedTokenCache[Principal] = VerifiedTokenCache()
 
@@ -75,10 +88,14 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is malformed.", reason="malformed") from None
         kid = header.get("kid")
+        typ = header.get("typ")
         if kid is not None and self._jwks is not None:
+            # Before the key lookup: a token of the wrong type never costs a key-set refetch.
+            _require_type(typ, self._jwks_token_types, optional=False)
             key: Any = await self._jwks.key_for(str(kid))
             algorithms = self._jwks_algorithms
         elif self._secret is not None:
+            _require_type(typ, HS_TOKEN_TYPES, optional=True)
             key, algorithms = self._secret, [HS_ALGORITHM]
         else:
             raise Unauthorized(
@@ -120,6 +137,13 @@ class TokenVerifier:
         return principal
 
 
+def _require_type(typ: object, accepted: frozenset[str], *, optional: bool) -> None:
+    if typ is None and optional:
+        return
+    if not isinstance(typ, str) or media_type(typ) not in accepted:
+        raise Unauthorized("The bearer token is not an access token.", reason="wrong_type")
+
+
 def _principal_from(claims: dict[str, Any]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
@@ -143,55 +167,6 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
         if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
         else None,
     )
-
-
-class JwksCache:
-    """The identity provider's signing keys, fetched on demand and kept for a while.
-
-    An unknown `kid` triggers at most one refetch per JWKS_REFRESH_MIN_SECONDS, so a flood of
-    tokens with made-up key ids cannot turn into a flood of requests to the identity provider.
-    """
-
-    def __init__(self, url: str, ttl_seconds: int, client: httpx.AsyncClient | None = None) -> None:
-        self._url = url
-        self._ttl = ttl_seconds
-        self._client = client or httpx.AsyncClient(timeout=JWKS_TIMEOUT_SECONDS)
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = float("-inf")
-        self._lock = asyncio.Lock()
-
-    async def key_for(self, kid: str) -> jwt.PyJWK:
-        if kid not in self._keys or self._expired():
-            async with self._lock:
-                if self._expired() or (kid not in self._keys and self._may_refresh()):
-                    await self._refresh()
-        key = self._keys.get(kid)
-        if key is None:
-            raise Unauthorized(
-                "The bearer token's key id is not in the identity provider's key set.",
-                reason="unknown_key",
-            )
-        return key
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    def _expired(self) -> bool:
-        return time.monotonic() - self._fetched_at > self._ttl
-
-    def _may_refresh(self) -> bool:
-        return time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_SECONDS
-
-    async def _refresh(self) -> None:
-        self._fetched_at = time.monotonic()
-        try:
-            response = await self._client.get(self._url)
-            response.raise_for_status()
-            key_set = jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError):
-            # Keep the keys we had: an identity provider hiccup should not log everyone out.
-            return
-        self._keys = {key.key_id: key for key in key_set if key.key_id}
 
 
 def valid_subject(value: str) -> bool:
@@ -245,10 +220,21 @@ async def authenticate(
         principal = await _verify(request, credentials)
     except Unauthorized as failure:
         metrics.AUTH_FAILURES.labels(failure.reason).inc()
+        request.state.reason = failure.reason  # for the request's log line
+        raise
+    except KeySetUnavailable as unavailable:
+        request.state.reason = unavailable.reason
         raise
     request.state.actor = principal.sub  # for the request's log line
-    await request.app.state.rate_limiter.enforce_for_principal(principal.sub)
+    await request.app.state.rate_limiter.enforce_for_principal(
+        principal.sub, service=is_service(principal)
+    )
     return principal
+
+
+def is_service(principal: Principal) -> bool:
+    """A service token (`users:any`): one `sub` shared by every replica of the service."""
+    return Scope.any_user in principal.scopes
 
 
 async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
@@ -322,23 +308,29 @@ def require(access: Access) -> Callable[..., Awaitable[Principal]]:
         try:
             check_access(caller, sub, access, request.app.state.step_up, now=time.time())
         except Forbidden as forbidden:
-            _refuse(forbidden)
+            _refuse(request, forbidden)
+        except InsufficientUserAuthentication:
+            request.state.reason = "step_up"  # for the request's log line
+            raise
         return caller
 
     return check
 
 
-def _refuse(forbidden: Forbidden) -> NoReturn:
+def _refuse(request: Request, forbidden: Forbidden) -> NoReturn:
     metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
+    request.state.reason = forbidden.reason  # for the request's log line
     raise forbidden
 
 
 def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency admitting callers holding `scope`, for routes not about one user's key."""
 
-    async def check(caller: Caller) -> Principal:
+    async def check(request: Request, caller: Caller) -> Principal:
         if scope not in caller.scopes:
-            _refuse(Forbidden(f"This action needs the {scope.value} scope.", "forbidden_scope"))
+            _refuse(
+                request, Forbidden(f"This action needs the {scope.value} scope.", "forbidden_scope")
+            )
         return caller
 
     return check
@@ -358,7 +350,7 @@ StatusReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
 
 
 def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> str:
-    """An HS256 token for development and tests, signed with the configured secret."""
+    """An HS256 access token (`typ: at+jwt`) for development and tests, signed with the secret."""
     if settings.jwt_secret is None:
         raise ValueError("KEYVAULT_JWT_SECRET is not set")
     now = int(time.time())
@@ -370,4 +362,9 @@ def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> s
         "iat": now,
         "exp": now + ttl_seconds,
     }
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=HS_ALGORITHM)
+    return jwt.encode(
+        claims,
+        settings.jwt_secret.get_secret_value(),
+        algorithm=HS_ALGORITHM,
+        headers={"typ": ACCESS_TOKEN_TYPE},
+    )

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     jwks_url: str | None = None
     jwks_algorithms: Annotated[tuple[str, ...], NoDecode] = ("RS256", "ES256")
     jwks_cache_seconds: int = Field(default=300, ge=1)
+    # The `typ` headers taken as access tokens from the key set (RFC 9068); see auth.py.
+    jwks_token_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt",)
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     # Step-up authentication (RFC 9470); see stepup.py. Lists are comma- or space-separated.
@@ -153,6 +155,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     rate_limit: str = "600/minute"
     rate_limit_per_address: str | None = None
+    # Per service token (`users:any`): every replica of a service shares its one `sub`.
+    rate_limit_service: str = "6000/minute"
     rate_limit_storage: SecretStr = SecretStr("memory://")
     rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -183,7 +187,21 @@ class Settings(BaseSettings):
             raise ValueError(f"KEYVAULT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
-    @field_validator("rate_limit", "rate_limit_per_address")
+    @field_validator("jwks_token_types", mode="before")
+    @classmethod
+    def _split_token_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(",", " ").split() if part)
+        return value
+
+    @field_validator("jwks_token_types")
+    @classmethod
+    def _normalise_token_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("KEYVAULT_JWKS_TOKEN_TYPES needs at least one type (e.g. at+jwt)")
+        return tuple(media_type(item) for item in value)
+
+    @field_validator("rate_limit", "rate_limit_per_address", "rate_limit_service")
     @classmethod
     def _parsable_rate_limit(cls, value: str | None) -> str | None:
         if value is not None:
@@ -317,6 +335,12 @@ def parse_rate_limit(value: str) -> list[RateLimitItem]:
         raise ValueError(
             "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
         ) from None
+
+
+def media_type(value: str) -> str:
+    """A JOSE `typ` as compared: case-insensitive, `application/` optional (RFC 7515, 4.1.9)."""
+    lowered = value.strip().lower()
+    return lowered.removeprefix("application/")
 
 
 def refuse_weak_master_key(key: str) -> None:

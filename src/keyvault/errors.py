@@ -105,6 +105,20 @@ class AuditUnavailable(ServiceUnavailable):
         )
 
 
+class KeySetUnavailable(ServiceUnavailable):
+    """The token names a key the identity provider's key set may hold, but the set cannot be
+    fetched: the token may well be good, so this is no 401."""
+
+    slug, title = "key-set-unavailable", "Identity provider unavailable"
+    reason = "key_set_unavailable"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            "The identity provider's signing keys cannot be fetched right now; retry shortly.",
+            {"Retry-After": str(retry_after_seconds)},
+        )
+
+
 # What the app's exception handler for Problem is; the short paths call it as Starlette would.
 ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 

@@ -49,6 +49,7 @@ AUTH_FAILURE_REASONS: Final = (
     "wrong_algorithm",
     "wrong_audience",
     "wrong_issuer",
+    "wrong_type",
     "missing_claim",
     "bad_subject",
     "unknown_key",

@@ -43,8 +43,10 @@ class RateLimiter:
         per_address: str,
         storage_url: str = "memory://",
         key_prefix: str = "keyvault",
+        per_service: str | None = None,
     ) -> None:
         self._per_principal = parse_rate_limit(per_principal)
+        self._per_service = parse_rate_limit(per_principal if per_service is None else per_service)
         self._per_address = parse_rate_limit(per_address)
         self._pool: ConnectionPool | None = None
         storage: Storage | None = None
@@ -75,6 +77,7 @@ class RateLimiter:
             settings.address_rate_limit,
             settings.rate_limit_storage.get_secret_value(),
             settings.rate_limit_key_prefix,
+            settings.rate_limit_service,
         )
 
     @property
@@ -85,10 +88,15 @@ class RateLimiter:
         """Seconds until this address may try again, or None when it is within its budget."""
         return await self._hit(self._per_address, "address", address)
 
-    async def enforce_for_principal(self, sub: str) -> None:
+    async def enforce_for_principal(self, sub: str, *, service: bool = False) -> None:
+        """429 unless `sub` is within its budget: a service token's (`service`) is its own, larger
+        one, drawn on by every replica of the service at once."""
         # Hashed: the limiter's storage (often a shared Redis) never learns who the users are.
         subject = hashlib.blake2b(sub.encode("utf-8"), digest_size=16).hexdigest()
-        retry_after = await self._hit(self._per_principal, "principal", subject)
+        items, kind = (
+            (self._per_service, "service") if service else (self._per_principal, "principal")
+        )
+        retry_after = await self._hit(items, kind, subject)
         if retry_after is not None:
             metrics.RATE_LIMITED.labels("principal").inc()
             raise TooManyRequests(

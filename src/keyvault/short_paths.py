@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
+from keyvault.auth import is_service
 from keyvault.errors import Problem, ProblemHandler
 
 # The route's own work: given the app's state, the path's sub and the request's audit entry, the
@@ -33,7 +34,8 @@ async def answer_audited(
     audit = RequestAudit(state.audit, request, action)
     request.state.audit = audit
     try:
-        await state.rate_limiter.enforce_for_principal(request.state.principal.sub)
+        principal = request.state.principal
+        await state.rate_limiter.enforce_for_principal(principal.sub, service=is_service(principal))
         response = await work(state, scope["path_params"]["sub"], audit)
     except Problem as problem:
         on_problem: ProblemHandler = keyvault.exception_handlers[Problem]

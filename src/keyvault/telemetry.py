@@ -64,7 +64,8 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
         "duration_ms": round(seconds * 1000, 2),
     }
     state = scope.get("state", {})
-    for name in ("request_id", "actor"):
+    # `reason`: why the token was refused, a fixed word (auth.authenticate leaves it).
+    for name in ("request_id", "actor", "reason"):
         if state.get(name) is not None:
             line[name] = state[name]
     client = scope.get("client")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,6 +62,16 @@ async def test_a_password_only_token_is_challenged_to_step_up(
     assert "max_age" not in challenge
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["status"] == 401
+
+
+async def test_the_access_log_line_names_step_up_as_the_reason(
+    strict_client: httpx.AsyncClient, unique_sub: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="keyvault.access")
+    await strict_client.get(key_path(unique_sub), headers=_user(unique_sub, amr=["pwd"]))
+
+    [line] = [r for r in caplog.records if r.name == "keyvault.access"]
+    assert (line.__dict__["status"], line.__dict__["reason"]) == (401, "step_up")
 
 
 async def test_a_stale_sign_in_is_challenged_with_max_age(
