@@ -388,11 +388,7 @@ def test_every_compose_variable_has_a_default_or_a_guard() -> None:
 
 
 def secrets_step() -> str:
-    blocks = [
-        block
-        for block in code_blocks(docker_walkthrough())
-        if "SECRETS_DIR=" in block
-    ]
+    blocks = [block for block in code_blocks(docker_walkthrough()) if "SECRETS_DIR=" in block]
     assert len(blocks) == 1
     return blocks[0]
 
