@@ -141,7 +141,7 @@ router = APIRouter(route_class=AuditedRoute)
 
 
 @router.put(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     response_model=KeyStatus,
     status_code=status.HTTP_200_OK,
     summary="Store or replace a user's API key",
@@ -190,7 +190,7 @@ def written_response(result: WriteResult) -> Response:
 
 
 @router.get(
-    "/users/{sub:path}/api-key/status",
+    "/users/{sub:subject}/api-key/status",
     response_model=KeyStatus,
     summary="Whether a user has an API key (never reveals it)",
     responses=_problems(401, 403, 422, 429, 503),
@@ -207,7 +207,7 @@ async def read_api_key_status(
 
 
 @router.get(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     response_model=ApiKeyRead,
     summary="Read a user's decrypted API key",
     responses=_problems(401, 403, 404, 422, 429, 500, 503),
@@ -236,7 +236,7 @@ def key_response(body: ApiKeyRead, etag: str) -> Response:
 
 
 @router.delete(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user's API key",
     responses=_problems(401, 403, 404, 422, 429, 503),

@@ -20,11 +20,11 @@ both paths and compares them.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Response
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +32,7 @@ from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
 from keyvault.auth import WRITE_ACCESS, permitted_caller
+from keyvault.json_body import read_json
 from keyvault.middleware import replay
 from keyvault.schemas import ApiKeyWrite
 from keyvault.short_paths import answer_audited
@@ -111,11 +112,11 @@ async def _body_messages(receive: Receive) -> list[Message]:
 
 
 def _parsed(body: bytes) -> ApiKeyWrite | None:
-    """The body as FastAPI parses it for the route (json.loads, then the model), or None when it
-    would refuse it: FastAPI then gives its own answer, 422 or 400, and records it."""
+    """The body as the FastAPI route reads it (keyvault.json_body, then the model), or None when
+    it would refuse it: the FastAPI route then gives its own answer, 422, and records it."""
     try:
-        return ApiKeyWrite.model_validate(json.loads(body))
-    except Exception:  # any refusal at all, even a RecursionError from deeply nested JSON
+        return ApiKeyWrite.model_validate(read_json(body))
+    except ValidationError:
         return None
 
 
