@@ -220,6 +220,94 @@ async def test_if_none_match_star_only_creates(
     assert (first.status_code, second.status_code) == (201, 412)
 
 
+@pytest.mark.parametrize(
+    "if_none_match",
+    ["{etag}", "W/{etag}", '"1.0", {etag}'],
+)
+async def test_if_none_match_with_the_current_etag_is_412_and_keeps_the_value(
+    client: httpx.AsyncClient, token: TokenFactory, if_none_match: str
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-second-00000000000"},
+        **{"If-None-Match": if_none_match.format(etag=created.headers["ETag"])},
+    )
+    assert response.status_code == 412
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["version"] == 1
+
+
+async def test_if_none_match_with_another_etag_replaces(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client, token, "alice", {"api_key": "sk-second-00000000000"}, **{"If-None-Match": '"1.0"'}
+    )
+    assert response.status_code == 200
+
+
+async def test_if_match_with_a_weak_current_etag_is_412(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-second-00000000000"},
+        **{"If-Match": f"W/{created.headers['ETag']}"},
+    )
+    assert response.status_code == 412
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("If-Match", '*, "x"')],
+        [("If-Match", "{etag}, *")],
+        [("If-Match", "not-quoted")],
+        [("If-None-Match", '"x"'), ("If-None-Match", "*")],
+    ],
+)
+async def test_a_malformed_precondition_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, token: TokenFactory, headers: list[tuple[str, str]]
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    etag = created.headers["ETag"]
+    response = await client.put(
+        key_path("alice"),
+        json={"api_key": "sk-second-00000000000"},
+        headers=[
+            *bearer(token("alice", WRITE)).items(),
+            *((name, value.format(etag=etag)) for name, value in headers),
+        ],
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["version"] == 1
+
+
+async def test_if_none_match_field_lines_are_one_list(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await client.put(
+        key_path("alice"),
+        json={"api_key": "sk-second-00000000000"},
+        headers=[
+            *bearer(token("alice", WRITE)).items(),
+            ("If-None-Match", '"1.0"'),
+            ("If-None-Match", created.headers["ETag"]),
+        ],
+    )
+    assert response.status_code == 412
+
+
 @pytest.mark.parametrize("sub", ["google-oauth2|1234", "auth0|abc/def", "ünïcødé user", "x" * 255])
 async def test_unusual_but_valid_subs_round_trip(
     client: httpx.AsyncClient, token: TokenFactory, sub: str

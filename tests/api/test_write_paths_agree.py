@@ -258,6 +258,41 @@ REQUESTS: dict[str, Callable[[str], tuple[str, dict[str, Any]]]] = {
         ALICE_PATH,
         {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": "*"}},
     ),
+    "if-none-match the current etag": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": f'"1.0", {etag}'}},
+    ),
+    "if-none-match the current etag, weak": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": f"W/{etag}"}},
+    ),
+    "if-none-match another etag": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": '"1.0"'}},
+    ),
+    "if-none-match in two field lines": lambda etag: (
+        ALICE_PATH,
+        {
+            **NEW_BODY,
+            "headers": [*_as(ALICE).items(), ("If-None-Match", '"1.0"'), ("If-None-Match", etag)],
+        },
+    ),
+    "if-match the current etag, weak": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": f"W/{etag}"}},
+    ),
+    "if-match any in a list": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": '*, "x"'}},
+    ),
+    "if-match not quoted": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": "1.0"}},
+    ),
+    "if-match and if-none-match": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": etag, "If-None-Match": etag}},
+    ),
     "if-match any on a new key": lambda _: (
         f"/users/{NOBODY}/api-key",
         {**NEW_BODY, "headers": {**_as(NOBODY), "If-Match": "*"}},
