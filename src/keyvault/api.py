@@ -30,8 +30,9 @@ from keyvault.errors import (
     Unauthorized,
 )
 from keyvault.key_writes import KeyWrites
+from keyvault.preconditions import precondition_of
 from keyvault.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
-from keyvault.service import Precondition, WriteResult
+from keyvault.service import WriteResult
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -85,7 +86,8 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "This user has no API key.",
         412: "The If-Match / If-None-Match precondition does not hold.",
         413: "The request body is larger than 16 KiB.",
-        422: "The path or body is invalid; the detail names the field, never its value.",
+        422: "The path, body or a precondition header is invalid; the detail names the field,"
+        " never its value.",
         429: "Too many requests from this address or this caller; `Retry-After` says when to retry.",
         500: "The stored key cannot be decrypted (tampered, moved, or under an unknown master key).",
         503: "The database is unreachable, the audit trail cannot record, or the service is not ready.",
@@ -136,12 +138,21 @@ _PROBLEM_EXAMPLES[503] = _example(
 )
 
 
+_IF_MATCH = (
+    "`*`, or entity tags: write only if the key exists and its ETag is one of them (strong"
+    " comparison). `*` stands alone; anything else malformed is 422."
+)
+_IF_NONE_MATCH = (
+    "`*` (write only if the user has no key), or entity tags: write only if the key's ETag is none"
+    " of them (weak comparison)."
+)
+
 # Endpoints marked @audited leave one audit event per request, whatever its outcome.
 router = APIRouter(route_class=AuditedRoute)
 
 
 @router.put(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     response_model=KeyStatus,
     status_code=status.HTTP_200_OK,
     summary="Store or replace a user's API key",
@@ -158,8 +169,8 @@ async def put_api_key(
     audit: MutationAudit,
     writes: Writes,
     keyring: CurrentKeyring,
-    if_match: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_match: Annotated[list[str] | None, Header(description=_IF_MATCH)] = None,
+    if_none_match: Annotated[list[str] | None, Header(description=_IF_NONE_MATCH)] = None,
 ) -> Response:
     # Most requests to this route are answered by keyvault.write_path, a shorter path through the
     # same steps; this endpoint answers the rest, and documents the route.
@@ -170,13 +181,6 @@ async def put_api_key(
     )
     audit.recorded = True  # committed with the change
     return written_response(result)
-
-
-def precondition_of(if_match: str | None, if_none_match: str | None) -> Precondition:
-    """The If-Match / If-None-Match request headers, parsed."""
-    return Precondition(
-        if_match=_entity_tags(if_match), if_none_match_any=(if_none_match or "").strip() == "*"
-    )
 
 
 def written_response(result: WriteResult) -> Response:
@@ -190,7 +194,7 @@ def written_response(result: WriteResult) -> Response:
 
 
 @router.get(
-    "/users/{sub:path}/api-key/status",
+    "/users/{sub:subject}/api-key/status",
     response_model=KeyStatus,
     summary="Whether a user has an API key (never reveals it)",
     responses=_problems(401, 403, 422, 429, 503),
@@ -207,7 +211,7 @@ async def read_api_key_status(
 
 
 @router.get(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     response_model=ApiKeyRead,
     summary="Read a user's decrypted API key",
     responses=_problems(401, 403, 404, 422, 429, 500, 503),
@@ -236,7 +240,7 @@ def key_response(body: ApiKeyRead, etag: str) -> Response:
 
 
 @router.delete(
-    "/users/{sub:path}/api-key",
+    "/users/{sub:subject}/api-key",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user's API key",
     responses=_problems(401, 403, 404, 422, 429, 503),
@@ -266,9 +270,3 @@ async def readyz(request: Request) -> dict[str, str]:
     async with session_scope(request.app.state.sessions) as session:
         await session.execute(text("SELECT 1"))
     return {"status": "ready"}
-
-
-def _entity_tags(header: str | None) -> frozenset[str] | None:
-    if header is None:
-        return None
-    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())

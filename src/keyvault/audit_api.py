@@ -71,7 +71,7 @@ async def search_audit(
 
 
 @router.get(
-    "/users/{sub:path}/api-key/access-log",
+    "/users/{sub:subject}/api-key/access-log",
     response_model=AccessLogPage,
     summary="Who used this user's API key, and when (newest first)",
     tags=["audit"],

@@ -23,7 +23,6 @@ from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -47,6 +46,7 @@ from keyvault.crypto import Keyring, RootKey
 from keyvault.db import create_engine
 from keyvault.errors import AuditUnavailable, Problem, problem_response
 from keyvault.logs import log_line
+from keyvault.routing import StrictJsonRoute
 
 log = logging.getLogger("keyvault")
 audit_log = logging.getLogger("keyvault.audit")
@@ -316,7 +316,7 @@ async def get_request_audit(request: Request) -> AsyncIterator[RequestAudit]:
         await audit.settled()
 
 
-class AuditedRoute(APIRoute):
+class AuditedRoute(StrictJsonRoute):
     """Routes of endpoints marked `@audited`: every request leaves exactly one event.
 
     Success is recorded by the endpoint (it knows the key version and, for a mutation, the session);

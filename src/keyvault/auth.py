@@ -13,7 +13,6 @@ or with the generic `JWT` are taken too: deployments hold such tokens from older
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,12 +34,12 @@ from keyvault.errors import (
     Problem,
     Unauthorized,
 )
+from keyvault.input_rules import SUB_MAX_LENGTH, SUB_PATTERN, sub_problem
 from keyvault.jwks import JwksCache
 from keyvault.stepup import StepUpPolicy
 from keyvault.token_cache import VerifiedTokenCache
 
 HS_ALGORITHM: Final = "HS256"
-SUB_MAX_LENGTH: Final = 255
 ACCESS_TOKEN_TYPE: Final = "at+jwt"
 # What HS256 tokens may say they are: keyvault's own, minted with or without RFC 9068's type.
 HS_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, "jwt"})
@@ -170,20 +169,14 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
 
 
 def valid_subject(value: str) -> bool:
-    """What SubjectPath admits: 1 to SUB_MAX_LENGTH characters, none of them a control character."""
-    return 0 < len(value) <= SUB_MAX_LENGTH and not _has_control_characters(value)
+    """What SubjectPath admits (see keyvault.input_rules)."""
+    return sub_problem(value) is None
 
 
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _has_control_characters(value: str) -> bool:
-    return _CONTROL_CHARACTER.search(value) is not None
-
-
-def _no_control_characters(value: str) -> str:
-    if _has_control_characters(value):
-        raise ValueError("must not contain control characters")
+def _acceptable_subject(value: str) -> str:
+    problem = sub_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -192,9 +185,11 @@ SubjectPath = Annotated[
     Path(
         min_length=1,
         max_length=SUB_MAX_LENGTH,
-        description="The identity provider's subject, percent-encoded (e.g. `google-oauth2%7C1234`).",
+        description="The identity provider's subject, percent-encoded (e.g. `google-oauth2%7C1234`):"
+        " no control characters, and valid UTF-8 (no U+FFFD).",
+        json_schema_extra={"pattern": SUB_PATTERN},
     ),
-    AfterValidator(_no_control_characters),
+    AfterValidator(_acceptable_subject),
 ]
 
 _bearer_scheme = HTTPBearer(

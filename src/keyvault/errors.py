@@ -138,7 +138,9 @@ async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own handler echoes the rejected input back; this one names fields and rules only.
     assert isinstance(exc, RequestValidationError)
-    reasons = "; ".join(_describe_validation_error(error) for error in exc.errors())
+    # A path parameter is validated once for each dependency declaring it (the route and its
+    # access check both take `sub`): each broken rule is named once.
+    reasons = "; ".join(dict.fromkeys(_describe_validation_error(error) for error in exc.errors()))
     return problem_response(422, InvalidRequest.slug, InvalidRequest.title, reasons)
 
 

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
-from typing import Annotated, Final
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
 
-API_KEY_MAX_LENGTH: Final = 1024
+from keyvault.input_rules import API_KEY_MAX_LENGTH, API_KEY_PATTERN, api_key_problem
+from keyvault.json_body import UnreadableBody
 
 
 def _clean_api_key(value: SecretStr) -> SecretStr:
-    key = value.get_secret_value().strip()
-    if not key:
-        raise ValueError("must not be empty")
-    if len(key) > API_KEY_MAX_LENGTH:
-        raise ValueError(f"must be at most {API_KEY_MAX_LENGTH} characters")
-    if any(char.isspace() for char in key):
-        raise ValueError("must not contain whitespace")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in key):
-        raise ValueError("must not contain control characters")
-    return SecretStr(key)
+    problem = api_key_problem(value.get_secret_value())
+    if problem is not None:
+        raise ValueError(problem)
+    return SecretStr(value.get_secret_value().strip())
 
 
 class ApiKeyWrite(BaseModel):
@@ -36,8 +31,20 @@ class ApiKeyWrite(BaseModel):
     api_key: Annotated[
         SecretStr,
         AfterValidator(_clean_api_key),
-        Field(description="The user's third-party API key; surrounding whitespace is trimmed."),
+        Field(
+            description="The user's third-party API key: surrounding whitespace is trimmed, and"
+            f" what remains is 1 to {API_KEY_MAX_LENGTH} characters with no whitespace, control or"
+            " format characters (Unicode Cc, Cf) or unpaired surrogates.",
+            json_schema_extra={"pattern": API_KEY_PATTERN},
+        ),
     ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _readable(cls, data: Any) -> Any:
+        if isinstance(data, UnreadableBody):
+            raise PydanticCustomError("body_unreadable", data.reason)
+        return data
 
 
 class KeyStatus(BaseModel):

@@ -13,6 +13,7 @@ from keyvault import metrics, repository
 from keyvault.audit import AuditEvent
 from keyvault.crypto import Keyring, RecordIntegrityError, SealedRecord, UnknownKeyIdError
 from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
+from keyvault.preconditions import Precondition
 from keyvault.repository import RecordState
 from keyvault.schemas import ApiKeyRead, KeyStatus
 
@@ -20,21 +21,10 @@ if TYPE_CHECKING:
     from keyvault.key_writes import KeyWrites
 
 LAST4_MIN_KEY_LENGTH: Final = 12
+UNCONDITIONAL: Final = Precondition()
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 log = logging.getLogger("keyvault")
-
-
-@dataclass(frozen=True, slots=True)
-class Precondition:
-    """The request's If-Match / If-None-Match, already parsed."""
-
-    if_match: frozenset[str] | None = None  # entity tags, or {"*"}
-    if_none_match_any: bool = False
-
-    @property
-    def unconditional(self) -> bool:
-        return self.if_match is None and not self.if_none_match_any
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +57,7 @@ async def put_api_key(
     keyring: Keyring,
     sub: str,
     api_key: str,
-    precondition: Precondition = Precondition(),
+    precondition: Precondition = UNCONDITIONAL,
 ) -> WriteResult:
     """Store the key in `session`'s transaction, without an audit event (seeding, imports)."""
     records = repository.SessionRecordWrites(session)
@@ -96,21 +86,28 @@ async def apply_put(
     last4: str,
     precondition: Precondition,
 ) -> WriteResult:
-    """The write itself, honouring If-Match / If-None-Match; PreconditionFailed writes nothing."""
+    """The write itself, honouring If-Match / If-None-Match; PreconditionFailed writes nothing.
+
+    A conditional write is a compare-and-swap on the state its condition was checked against, so
+    a concurrent write in between makes it fail rather than be overwritten."""
     now = datetime.now(UTC)
-    if precondition.if_none_match_any:
+    if precondition.unconditional:
+        return written(sub, await records.upsert(sub, sealed, last4, now))
+    if precondition.only_creates:
         state = await records.insert_if_absent(sub, sealed, last4, now)
         if state is None:
             raise PreconditionFailed("This user already has an API key (If-None-Match: *).")
-    elif precondition.if_match is not None:
-        current = await records.get_state(sub)
-        if current is None or not _matches(precondition.if_match, current):
-            raise PreconditionFailed("The key has changed since the given ETag was issued.")
-        state = await records.replace_if_current(sub, current, sealed, last4, now)
+        return written(sub, state)
+    current = await records.get_state(sub)
+    refusal = precondition.refusal(None if current is None else etag_for(current))
+    if refusal is not None:
+        raise PreconditionFailed(refusal)
+    if current is None:
+        state = await records.insert_if_absent(sub, sealed, last4, now)
     else:
-        state = await records.upsert(sub, sealed, last4, now)
+        state = await records.replace_if_current(sub, current, sealed, last4, now)
     if state is None:
-        raise PreconditionFailed("The key has changed since the given ETag was issued.")
+        raise PreconditionFailed("The key has changed since its precondition was checked.")
     return written(sub, state)
 
 
@@ -180,10 +177,6 @@ async def delete_api_key(session: AsyncSession, sub: str) -> int:
 def last4_of(api_key: str) -> str:
     """Short keys would give away too much of themselves; they get no hint at all."""
     return api_key[-4:] if len(api_key) >= LAST4_MIN_KEY_LENGTH else ""
-
-
-def _matches(tags: frozenset[str], current: RecordState) -> bool:
-    return "*" in tags or etag_for(current) in tags
 
 
 def _status(sub: str, state: RecordState) -> KeyStatus:

@@ -20,11 +20,11 @@ both paths and compares them.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Response
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,7 +32,9 @@ from keyvault import api, service
 from keyvault.audit import Action
 from keyvault.audit_trail import RequestAudit
 from keyvault.auth import WRITE_ACCESS, permitted_caller
+from keyvault.json_body import read_json
 from keyvault.middleware import replay
+from keyvault.preconditions import precondition_of
 from keyvault.schemas import ApiKeyWrite
 from keyvault.short_paths import answer_audited
 
@@ -76,15 +78,22 @@ class WritePath:
 
 
 class _WriteHeaders:
-    """What a PUT's headers say, read in one pass, the way FastAPI reads them (first one wins)."""
+    """What a PUT's headers say, read in one pass, the way FastAPI reads them: the first one wins,
+    but the conditional headers are lists, whose field lines are all kept (RFC 9110, 5.3)."""
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.json_body = False
         self.authorization: str | None = None
-        self.if_match: str | None = None
-        self.if_none_match: str | None = None
+        self.if_match: list[str] | None = None
+        self.if_none_match: list[str] | None = None
         seen: set[bytes] = set()
         for name, value in raw:
+            if name == b"if-match":
+                self.if_match = [*(self.if_match or ()), value.decode("latin-1")]
+                continue
+            if name == b"if-none-match":
+                self.if_none_match = [*(self.if_none_match or ()), value.decode("latin-1")]
+                continue
             if name in seen:
                 continue
             seen.add(name)
@@ -93,10 +102,6 @@ class _WriteHeaders:
                 self.json_body = media_type == b"application/json"
             elif name == b"authorization":
                 self.authorization = value.decode("latin-1")
-            elif name == b"if-match":
-                self.if_match = value.decode("latin-1")
-            elif name == b"if-none-match":
-                self.if_none_match = value.decode("latin-1")
 
 
 async def _body_messages(receive: Receive) -> list[Message]:
@@ -111,11 +116,11 @@ async def _body_messages(receive: Receive) -> list[Message]:
 
 
 def _parsed(body: bytes) -> ApiKeyWrite | None:
-    """The body as FastAPI parses it for the route (json.loads, then the model), or None when it
-    would refuse it: FastAPI then gives its own answer, 422 or 400, and records it."""
+    """The body as the FastAPI route reads it (keyvault.json_body, then the model), or None when
+    it would refuse it: the FastAPI route then gives its own answer, 422, and records it."""
     try:
-        return ApiKeyWrite.model_validate(json.loads(body))
-    except Exception:  # any refusal at all, even a RecursionError from deeply nested JSON
+        return ApiKeyWrite.model_validate(read_json(body))
+    except ValidationError:
         return None
 
 
@@ -130,7 +135,7 @@ async def _write(
             state.keyring,
             sub,
             write.api_key.get_secret_value(),
-            api.precondition_of(headers.if_match, headers.if_none_match),
+            precondition_of(headers.if_match, headers.if_none_match),
             audit.success_event(),
         )
         audit.recorded = True  # committed with the change

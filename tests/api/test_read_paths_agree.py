@@ -138,6 +138,17 @@ REQUESTS: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     ),
     "control character": lambda: ("/users/a%01b/api-key", {"headers": bearer(mint("a\x01b", ALL))}),
     "slash in sub": lambda: ("/users/a%2Fb/api-key", {"headers": bearer(mint("a/b", ALL))}),
+    "newline in sub": lambda: ("/users/a%0Ab/api-key", {"headers": bearer(mint("a\nb", ALL))}),
+    "carriage return in sub": lambda: (
+        "/users/a%0Db/api-key",
+        {"headers": bearer(mint("a\rb", ALL))},
+    ),
+    "newline in sub, no token": lambda: ("/users/a%0Ab/api-key", {}),
+    "invalid utf-8 in sub": lambda: (
+        "/users/x%ff/api-key",
+        {"headers": bearer(mint("x\ufffd", ALL))},
+    ),
+    "newline after the route": lambda: (f"/users/{ALICE}/api-key%0A", {"headers": _alice()}),
     "trailing slash": lambda: (f"/users/{ALICE}/api-key/", {"headers": _alice()}),
     "nested path": lambda: (
         f"/users/{ALICE}/api-key/status/api-key",
