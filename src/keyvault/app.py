@@ -160,8 +160,8 @@ def create_app(
             await engine.dispose()
 
     # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
-    # RequestId so its log line carries the request id; HeadAsGet inside it, so its line says HEAD. ReadPath wraps its endpoint in these too;
-    # WritePath goes inside them all.
+    # RequestId so its log line carries the request id; HeadAsGet inside it, so that line says HEAD.
+    # ReadPath wraps its endpoint in these too; WritePath goes inside them all.
     edge = [
         Middleware(RequestId),
         Middleware(RequestTelemetry),
