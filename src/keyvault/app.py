@@ -21,6 +21,7 @@ from keyvault.crypto import Keyring
 from keyvault.db import Timeouts, create_engine, create_sessionmaker
 from keyvault.docs import install_docs
 from keyvault.errors import install_error_handlers
+from keyvault.http_methods import HeadAsGet
 from keyvault.jwks import JwksCache
 from keyvault.key_writes import KeyWrites
 from keyvault.master_keys import unlock
@@ -159,11 +160,12 @@ def create_app(
             await engine.dispose()
 
     # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
-    # RequestId so its log line carries the request id. ReadPath wraps its endpoint in these too;
-    # WritePath goes inside them all.
+    # RequestId so its log line carries the request id; HeadAsGet inside it, so that line says HEAD.
+    # ReadPath wraps its endpoint in these too; WritePath goes inside them all.
     edge = [
         Middleware(RequestId),
         Middleware(RequestTelemetry),
+        Middleware(HeadAsGet),
         Middleware(SecurityHeaders),
         Middleware(AddressRateLimit, limiter=rate_limiter),
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),

@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from keyvault.http_methods import allowed_methods
+
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://keyvault.dev/problems/"
 
@@ -152,11 +154,17 @@ def _describe_validation_error(error: Any) -> str:
     return f"{location}: {message}" if location else message
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     title = _HTTP_TITLES.get(exc.status_code, "Error")
     detail = exc.detail if isinstance(exc.detail, str) else title
-    return problem_response(exc.status_code, f"http-{exc.status_code}", title, detail, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # The router's Allow names one route's methods; the path may be served by several.
+        allowed = allowed_methods(request.app.router.routes, request.scope)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    return problem_response(exc.status_code, f"http-{exc.status_code}", title, detail, headers)
 
 
 _HTTP_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}

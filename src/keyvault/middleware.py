@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 from contextvars import ContextVar
+from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +22,18 @@ REQUEST_ID_HEADER = b"x-request-id"
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+UNMATCHED_ROUTE: Final = "<unmatched>"
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that handled the request, as the router left it in the scope.
+
+    A request answered before routing (413 for a declared length, 429 for its address) or matching
+    no route is `<unmatched>`: its path, which may hold a sub, must not reach a log or a label.
+    """
+    template = getattr(scope.get("route"), "path_format", None)
+    return template if isinstance(template, str) else UNMATCHED_ROUTE
 
 
 class RequestId:
@@ -132,7 +145,12 @@ class LastResortErrors:
             await self.app(scope, receive, tracking_send)
         except Exception as error:
             if started:
-                log.error("unhandled %s after the response started", type(error).__name__)
+                log.error(
+                    "unhandled %s after the response started",
+                    type(error).__name__,
+                    exc_info=error,
+                    extra={"event": "unhandled_error", "route": route_template(scope)},
+                )
                 return
             await _respond_to_unexpected(error, scope, receive, send)
 
@@ -155,7 +173,16 @@ async def _respond_to_unexpected(
             {"Retry-After": DATABASE_RETRY_AFTER_SECONDS},
         )
     else:
-        log.error("unhandled %s on %s %s", type(error).__name__, scope["method"], scope["path"])
+        # The route's template, never the path: a path names the user it is about. exc_info gives
+        # the line the exception's type and frames (logs.JsonFormatter), never its message.
+        log.error(
+            "unhandled %s on %s %s",
+            type(error).__name__,
+            scope["method"],
+            route_template(scope),
+            exc_info=error,
+            extra={"event": "unhandled_error", "route": route_template(scope)},
+        )
         response = problem_response(
             500, "internal-error", "Internal server error", "An unexpected error occurred."
         )

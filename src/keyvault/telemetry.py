@@ -16,10 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyvault import metrics
 from keyvault.logs import log_line
+from keyvault.middleware import route_template
 
 access_log = logging.getLogger("keyvault.access")
 
-UNMATCHED_ROUTE: Final = "<unmatched>"
 # Anything else is one label value, so a client inventing methods cannot inflate the metrics.
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes come every few seconds; their successes are logged at DEBUG only.
@@ -83,16 +83,6 @@ def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
         metrics.REQUESTS.labels(route, method, str(status)),
         metrics.REQUEST_DURATION.labels(route, method),
     )
-
-
-def route_template(scope: Scope) -> str:
-    """The template of the route that handled the request, as the router left it in the scope.
-
-    A request answered before routing (413 for a declared length, 429 for its address) or matching
-    no route is `<unmatched>`: its path must not become a label.
-    """
-    template = getattr(scope.get("route"), "path_format", None)
-    return template if isinstance(template, str) else UNMATCHED_ROUTE
 
 
 def _level(route: str, status: int) -> int:

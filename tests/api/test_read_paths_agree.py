@@ -257,3 +257,23 @@ async def test_the_short_path_answers_a_permitted_read_without_the_fastapi_route
         read = await service.client.get(f"/users/{ALICE}/api-key", headers=_alice())
     assert read.status_code == 200
     assert read.json()["api_key"] == ALICE_KEY
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "OPTIONS", "HEAD"])
+async def test_other_methods_on_the_key_route_are_answered_alike(
+    backend: str, tmp_path: Path, method: str
+) -> None:
+    # With a token and a JSON body that either short path would take for its own method.
+    request: dict[str, Any] = {"headers": {**_alice(), "Content-Type": "application/json"}}
+    if method != "HEAD":
+        request["content"] = b'{"api_key": "sk-other-method-0123456789"}'
+    async with two_paths(backend, tmp_path) as paths:
+        short, full = await paths.both(method, f"/users/{ALICE}/api-key", **request)
+    assert short == full
+    if method == "HEAD":
+        assert (short.status, short.body) == (200, b"")
+        assert [event[:2] for event in short.events] == [("get", "ok")]
+    else:
+        assert short.status == 405
+        assert short.headers["allow"] == "GET, HEAD, PUT, DELETE"
+        assert short.headers["content-type"] == "application/problem+json"
