@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from keyvault.batching import Batch, BatchQueue
+from keyvault.db.batching import Batch, BatchQueue
 from keyvault.errors import AuditUnavailable
 
 

@@ -26,10 +26,10 @@ import pytest
 from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
-from keyvault.app import create_app
-from keyvault.db import Timeouts, create_engine, create_sessionmaker, session_scope
-from keyvault.middleware import LastResortErrors
-from keyvault.migrations import upgrade_to_head
+from keyvault.db.engine import Timeouts, create_engine, create_sessionmaker, session_scope
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.web.app import create_app
+from keyvault.web.middleware import LastResortErrors
 from tests.conftest import BACKENDS, bearer, key_path, make_settings, mint
 
 ALL = "api-key:read api-key:write api-key:delete"

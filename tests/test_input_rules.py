@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from keyvault.input_rules import (
+from keyvault.keys.input_rules import (
     API_KEY_MAX_LENGTH,
     API_KEY_PATTERN,
     SUB_PATTERN,

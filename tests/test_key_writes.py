@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from keyvault import service
-from keyvault.audit import Action, AuditEvent, Outcome
-from keyvault.db import create_engine
+from keyvault.audit.events import Action, AuditEvent, Outcome
+from keyvault.db.engine import create_engine
 from keyvault.errors import AuditUnavailable, PreconditionFailed
-from keyvault.key_writes import KeyWrites
-from keyvault.preconditions import EntityTags, Precondition
-from keyvault.service import WriteResult
+from keyvault.keys import service
+from keyvault.keys.preconditions import EntityTags, Precondition
+from keyvault.keys.service import WriteResult
+from keyvault.keys.writes import KeyWrites
 from tests.audit_support import (
     PrivateService,
     another_instance,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keyvault.errors import InvalidRequest
-from keyvault.preconditions import EntityTags, precondition_of
+from keyvault.keys.preconditions import EntityTags, precondition_of
 
 CURRENT = '"2.1700000000000000"'
 

@@ -27,8 +27,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.db import DEFAULT_POOL_SIZE
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
+from keyvault.db.engine import DEFAULT_POOL_SIZE
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32

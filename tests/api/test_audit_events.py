@@ -11,11 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keyvault.api import get_session
-from keyvault.audit import ChainedEvent
+from keyvault.audit.events import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
-from keyvault.logs import JsonFormatter
+from keyvault.observability.logs import JsonFormatter
+from keyvault.web.key_routes import get_session
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 

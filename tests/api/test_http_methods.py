@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from keyvault.audit import ChainedEvent
+from keyvault.audit.events import ChainedEvent
 from tests.audit_support import private_service, stored_events
 from tests.conftest import bearer, key_path, mint
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keyvault.api import get_keyring
-from keyvault.app import create_app
+from keyvault.web.app import create_app
+from keyvault.web.key_routes import get_keyring
 from tests.audit_support import execute_sql, private_service, stored_events
 from tests.conftest import bearer, make_settings, mint
 

@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from keyvault import service
-from keyvault.logs import JsonFormatter
+from keyvault.keys import service
+from keyvault.observability.logs import JsonFormatter
 from tests.audit_support import private_service
 from tests.conftest import bearer, mint
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from keyvault.api import get_keyring
+from keyvault.web.key_routes import get_keyring
 from tests.audit_support import PrivateService, execute_sql, private_service, stored_events
 from tests.conftest import bearer, mint
 
