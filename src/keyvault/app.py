@@ -18,7 +18,7 @@ from keyvault.audit_trail import AuditTrail, install_audit_recording
 from keyvault.auth import JwksCache, TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto import Keyring
-from keyvault.db import Timeouts, create_engine, create_sessionmaker
+from keyvault.db import create_engine, create_sessionmaker
 from keyvault.docs import install_docs
 from keyvault.errors import install_error_handlers
 from keyvault.key_writes import KeyWrites
@@ -78,11 +78,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeouts = Timeouts(
-            connect=settings.database_connect_timeout,
-            statement=settings.database_statement_timeout,
-            pool=settings.database_pool_timeout,
-        )
+        timeouts = settings.database_timeouts()
         engine = create_engine(
             settings.database_url.get_secret_value(),
             timeouts,
@@ -94,14 +90,14 @@ def create_app(
             engine,
             app.state.sessions,
             settings.database_pool_size,
-            settings.database_pool_timeout,
+            timeouts.pool,
         )
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
         app.state.audit = AuditTrail(
-            settings.database_url.get_secret_value(), lambda: app.state.keyring
+            settings.database_url.get_secret_value(), timeouts, lambda: app.state.keyring
         )
         app.state.key_writes = KeyWrites(engine, app.state.sessions, app.state.audit)
         try:

@@ -44,7 +44,7 @@ from keyvault.audit import (
 from keyvault.audit_repository import ChainHeadMissingError, Executor
 from keyvault.batching import Batch, BatchQueue, fail
 from keyvault.crypto import Keyring, RootKey
-from keyvault.db import create_engine
+from keyvault.db import Timeouts, create_engine
 from keyvault.errors import AuditUnavailable, Problem, problem_response
 from keyvault.logs import log_line
 
@@ -76,10 +76,13 @@ def log_event(chained: ChainedEvent) -> None:
 class AuditTrail:
     """The process's audit writer. New links use the keyring's current root key."""
 
-    def __init__(self, database_url: str, keyring: Callable[[], Keyring]) -> None:
+    def __init__(
+        self, database_url: str, timeouts: Timeouts, keyring: Callable[[], Keyring]
+    ) -> None:
         # An engine of its own: the reads waiting on a batch each hold a connection of the request
-        # pool, and a full request pool must never stop the batch that frees them.
-        self._engine = create_engine(database_url)
+        # pool, and a full request pool must never stop the batch that frees them. It has the
+        # request engine's timeouts: a refusal waits for its event, and must not outwait a read.
+        self._engine = create_engine(database_url, timeouts)
         self._compare_and_swap = self._engine.dialect.name == "postgresql"
         self._connection: AsyncConnection | None = None  # autocommit, for append_after
         self._head: ChainHead | None = None  # the head as this process last wrote it
