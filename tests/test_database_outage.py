@@ -3,7 +3,7 @@
 The shared server on 5432 is never touched. The cluster is stopped (connections refused) or frozen
 with SIGSTOP (connections and queries hang) while one app keeps running; every request during the
 outage must answer 503 problem+json with Retry-After in under a second (refusals, whose audit event
-cannot be stored, too), and the same app must serve again
+cannot be stored, and requests queued behind a stuck batch too), and the same app must serve again
 once the database is back. Postgres only: SQLite has no server to stop or freeze.
 """
 
@@ -19,10 +19,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from keyvault import db
 from keyvault.app import create_app
+from keyvault.batching import BatchQueue
 from keyvault.db import Timeouts, create_engine, create_sessionmaker, session_scope
 from keyvault.middleware import LastResortErrors
 from keyvault.migrations import upgrade_to_head
@@ -43,6 +45,9 @@ OUTAGE_ANSWER_SECONDS = 1.0
 # A request that waited for the database instead of giving up would take as long as the freeze; the
 # tests freeze it for longer than this and count such a wait as a failure.
 FREEZE_SECONDS = 5.0
+# A request queued behind a batch that met the outage is answered with that batch, not after one of
+# its own (which would take another timeout); this is the room left for scheduling.
+QUEUED_MARGIN_SECONDS = 0.1
 STORED_KEY = "sk-outage-survivor-0123456789"
 
 pytestmark = pytest.mark.skipif("postgres" not in BACKENDS, reason="Postgres tests not selected")
@@ -334,6 +339,7 @@ async def test_refusals_during_a_freeze_answer_503_within_a_second(
     for _ in range(2):
         read = await served.http.get(key_path("alice"), headers=bearer(mint("alice", ALL)))
         assert read.status_code == 200
+    events = served.app.state.audit._group
     refusals = [
         ("no token (401)", "GET", {}),
         ("no token on a PUT (401)", "PUT", {}),
@@ -349,5 +355,68 @@ async def test_refusals_during_a_freeze_answer_503_within_a_second(
             )
             assert_quick_503(response, elapsed, what)
 
+        # Two at once: the second one's event waits behind the first one's stuck batch.
+        refuse = served.http.get(key_path("alice"))
+        first = asyncio.ensure_future(timed(refuse))
+        await until(lambda: _batch_running(events), "the first refusal's event to be flushed")
+        queued, queued_elapsed = await timed(served.http.get(key_path("alice")))
+        first_response, first_elapsed = await first
+        assert_quick_503(first_response, first_elapsed, "the refusal whose event is stuck")
+        assert_quick_503(queued, queued_elapsed, "the refusal queued behind it")
+        assert queued_elapsed < first_elapsed + QUEUED_MARGIN_SECONDS, "it waited for a batch too"
+
     await assert_serving_again(served.http)
     assert (await verify(private_postgres.url, served.app.state.keyring)).intact
+
+
+async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
+    served: Served, private_postgres: PrivatePostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As after a quiet moment: every pooled connection has been idle long enough to be pinged
+    # before use, the slowest way for a write to meet the frozen database.
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)
+    headers = bearer(mint("alice", ALL))
+    writes = served.app.state.key_writes._batches
+
+    def put(api_key: str) -> Awaitable[httpx.Response]:
+        return served.http.put(key_path("alice"), json={"api_key": api_key}, headers=headers)
+
+    # A read keeps its connection; the write after it leaves one idle in the pool, as a server
+    # that has been serving has, which the frozen batch then pings.
+    assert (await served.http.get(key_path("alice"), headers=headers)).status_code == 200
+    stored = await put(STORED_KEY)
+    assert stored.status_code == 200
+    with private_postgres.frozen():
+        first = asyncio.ensure_future(timed(put("sk-first-during-outage-00000")))
+        await until(lambda: _batch_running(writes), "the first PUT's batch to start")
+        queued, queued_elapsed = await timed(put("sk-queued-during-outage-0000"))
+        first_response, first_elapsed = await first
+        assert_quick_503(first_response, first_elapsed, "the PUT whose batch is stuck")
+        assert_quick_503(queued, queued_elapsed, "the PUT queued behind it")
+        assert queued_elapsed < first_elapsed + QUEUED_MARGIN_SECONDS, "it waited for a batch too"
+
+    # A 503 wrote nothing: not during the freeze, nor once the database thawed.
+    await until(lambda: _idle(writes), "the writer to be idle")
+    read = await served.http.get(key_path("alice"), headers=headers)
+    assert read.status_code == 200
+    assert read.json()["api_key"] == STORED_KEY
+    assert read.json()["version"] == stored.json()["version"]
+    await assert_serving_again(served.http)
+    assert (await verify(private_postgres.url, served.app.state.keyring)).intact
+
+
+def _batch_running(batches: BatchQueue[Any, Any]) -> bool:
+    """A batch has been taken from the queue and is running, and nothing is left queued."""
+    return batches._runner is not None and not batches._queue
+
+
+def _idle(batches: BatchQueue[Any, Any]) -> bool:
+    return batches._runner is None
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = FREEZE_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {seconds} s for {what}")
+        await asyncio.sleep(0.005)

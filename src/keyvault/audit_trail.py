@@ -44,7 +44,7 @@ from keyvault.audit import (
 from keyvault.audit_repository import ChainHeadMissingError, Executor
 from keyvault.batching import Batch, BatchQueue, fail
 from keyvault.crypto import Keyring, RootKey
-from keyvault.db import Timeouts, create_engine
+from keyvault.db import Timeouts, create_engine, is_database_outage
 from keyvault.errors import AuditUnavailable, Problem, problem_response
 from keyvault.logs import log_line
 
@@ -128,6 +128,9 @@ class AuditTrail:
             chained = await self._store_batch([event for event, _ in batch])
         except BaseException as error:
             fail(batch, AuditUnavailable)
+            if is_database_outage(error):
+                # The events queued behind this batch would meet the same outage (batching).
+                self._group.fail_queued(AuditUnavailable)
             if not isinstance(error, Exception):
                 raise
             log.error("audit events could not be stored (%s)", type(error).__name__)
