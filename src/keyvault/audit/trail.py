@@ -43,7 +43,7 @@ from keyvault.audit.events import (
 from keyvault.audit.repository import ChainHeadMissingError, Executor
 from keyvault.crypto.records import Keyring, RootKey
 from keyvault.db.batching import Batch, BatchQueue, fail
-from keyvault.db.engine import create_engine
+from keyvault.db.engine import Timeouts, create_engine, is_database_outage
 from keyvault.errors import AuditUnavailable, Problem
 from keyvault.observability.logs import log_line
 from keyvault.web.problems import problem_response
@@ -77,10 +77,13 @@ def log_event(chained: ChainedEvent) -> None:
 class AuditTrail:
     """The process's audit writer. New links use the keyring's current root key."""
 
-    def __init__(self, database_url: str, keyring: Callable[[], Keyring]) -> None:
+    def __init__(
+        self, database_url: str, timeouts: Timeouts, keyring: Callable[[], Keyring]
+    ) -> None:
         # An engine of its own: the reads waiting on a batch each hold a connection of the request
-        # pool, and a full request pool must never stop the batch that frees them.
-        self._engine = create_engine(database_url)
+        # pool, and a full request pool must never stop the batch that frees them. It has the
+        # request engine's timeouts: a refusal waits for its event, and must not outwait a read.
+        self._engine = create_engine(database_url, timeouts)
         self._compare_and_swap = self._engine.dialect.name == "postgresql"
         self._connection: AsyncConnection | None = None  # autocommit, for append_after
         self._head: ChainHead | None = None  # the head as this process last wrote it
@@ -126,6 +129,9 @@ class AuditTrail:
             chained = await self._store_batch([event for event, _ in batch])
         except BaseException as error:
             fail(batch, AuditUnavailable)
+            if is_database_outage(error):
+                # The events queued behind this batch would meet the same outage (batching).
+                self._group.fail_queued(AuditUnavailable)
             if not isinstance(error, Exception):
                 raise
             log.error("audit events could not be stored (%s)", type(error).__name__)

@@ -54,6 +54,15 @@ class BatchQueue(Generic[Item, Result]):
             self._runner = asyncio.create_task(self._drain())
         return future
 
+    def fail_queued(self, error: Callable[[], BaseException]) -> None:
+        """Settle every item still waiting for a batch with `error()`; none of them is ever run.
+
+        For a batch that met a database outage: what waits behind it would meet the same outage
+        after it, and pay the timeouts again on top of its wait.
+        """
+        queued, self._queue = self._queue, []
+        fail(queued, error)
+
     async def aclose(self) -> None:
         """Wait for what is already queued (graceful shutdown)."""
         if self._runner is not None:

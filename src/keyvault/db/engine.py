@@ -35,8 +35,9 @@ class Timeouts:
     """How long the service waits on Postgres before answering 503 instead (seconds).
 
     `statement` is enforced twice: by the server (statement_timeout, which cancels the query) and by
-    asyncpg (command_timeout, for a server that stopped answering at all). The CLI and migrations
-    use no timeouts: an ALTER on a large table may rightly take minutes.
+    asyncpg (command_timeout, for a server that stopped answering at all). Every engine the service
+    opens has them (config.Settings.database_timeouts); the CLI and migrations use none: an ALTER
+    on a large table may rightly take minutes.
     """
 
     connect: float
@@ -105,13 +106,18 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     SQLAlchemy's pre-ping on asyncpg costs three round trips (BEGIN, ";", ROLLBACK) on every
     checkout, more than the read itself. A connection used in the last few seconds is alive; one
     that sat idle (a database restart, a firewall's idle timeout) is pinged, and a failed ping
-    makes the pool replace it before the request sees it.
+    makes the pool replace it before the request sees it. A ping that timed out is not followed by
+    a new connection: the server took the connection and does not answer, so a new one would only
+    wait out the connect timeout as well; the request gets its 503 (the pool invalidates the
+    connection all the same).
     """
     last_used = record.info.get(_LAST_USED, float("-inf"))
     if time.monotonic() - last_used < IDLE_PING_SECONDS and last_used > _last_disconnect:
         return
     try:
         dbapi_connection.ping()
+    except TimeoutError:
+        raise
     except Exception:
         raise DisconnectionError("pooled connection failed its ping") from None
 
@@ -183,7 +189,7 @@ class KeptDriverConnections:
     pool stays free for writes and everything else, however many reads come at once.
 
     A kept connection that sat unused for IDLE_PING_SECONDS, or since before the last disconnect, is
-    pinged before use, as the pool does (_ping_if_idle). One whose statement failed or was cut off
+    pinged before use, as the pool does (_ping_if_idle, a ping that timed out failing the read). One whose statement failed or was cut off
     goes back to the pool, or is invalidated when the connection itself failed; its place among the
     `share` goes straight to the first waiting read, which checks a new connection out for it, so
     no read waits while there is room. `share` 0 keeps nothing and sets no limit of its own: each
@@ -229,6 +235,9 @@ class KeptDriverConnections:
                 return pooled
             try:
                 await _driver(pooled).fetchrow(";")
+            except TimeoutError:  # a server that does not answer: see _ping_if_idle
+                await self._drop(pooled, invalidate=True)
+                raise
             except Exception:
                 await self._drop(pooled, invalidate=True)
                 continue

@@ -10,7 +10,9 @@ earlier one), one append of all their events, one commit. Every caller still get
 - a failed precondition (412) writes nothing, so it leaves the rest of its batch alone;
 - if the events cannot be stored, the batch is rolled back and every caller in it gets 503;
 - a write that fails for any other reason rolls the batch back, and its writes are retried one
-  at a time, so one request's error is never another's (unless the database itself is out).
+  at a time, so one request's error is never another's (unless the database itself is out);
+- a batch that meets a database outage fails the PUTs queued behind it with the same 503 at once:
+  none of them was sent, so nothing of theirs is written, and none waits out the timeouts again.
 
 A caller that goes away while waiting does not take its write back: it may still be committed.
 """
@@ -95,10 +97,14 @@ class KeyWrites:
                 return
             write_error = failed.error
             fail(batch, lambda: write_error)
+            if is_database_outage(write_error):
+                self._batches.fail_queued(lambda: write_error)
             return
         except BaseException as error:
             settled = error if isinstance(error, Exception) else AuditUnavailable()
             fail(batch, lambda: settled)
+            if isinstance(settled, AuditUnavailable) or is_database_outage(settled):
+                self._batches.fail_queued(lambda: settled)
             if not isinstance(error, Exception):
                 raise
             return

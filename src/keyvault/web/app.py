@@ -19,7 +19,7 @@ from keyvault.auth.stepup import StepUpPolicy
 from keyvault.auth.tokens import TokenVerifier
 from keyvault.config import Settings, get_settings
 from keyvault.crypto.records import Keyring
-from keyvault.db.engine import Timeouts, create_engine, create_sessionmaker
+from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
@@ -83,11 +83,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeouts = Timeouts(
-            connect=settings.database_connect_timeout,
-            statement=settings.database_statement_timeout,
-            pool=settings.database_pool_timeout,
-        )
+        timeouts = settings.database_timeouts()
         engine = create_engine(
             settings.database_url.get_secret_value(),
             timeouts,
@@ -99,14 +95,14 @@ def create_app(
             engine,
             app.state.sessions,
             settings.database_pool_size,
-            settings.database_pool_timeout,
+            timeouts.pool,
         )
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         app.state.token_verifier = TokenVerifier(settings, jwks)
         app.state.audit = AuditTrail(
-            settings.database_url.get_secret_value(), lambda: app.state.keyring
+            settings.database_url.get_secret_value(), timeouts, lambda: app.state.keyring
         )
         app.state.key_writes = KeyWrites(engine, app.state.sessions, app.state.audit)
         try:
