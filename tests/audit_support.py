@@ -15,15 +15,15 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from keyvault import audit_repository
-from keyvault.app import create_app
-from keyvault.audit import ChainedEvent, Verification
-from keyvault.audit_repository import EventFilter
-from keyvault.audit_trail import verify_stored_chain
-from keyvault.crypto import Keyring
-from keyvault.db import create_engine, create_sessionmaker
-from keyvault.master_keys import unlock
-from keyvault.migrations import upgrade_to_head
+from keyvault.audit import repository as audit_repository
+from keyvault.audit.events import ChainedEvent, Verification
+from keyvault.audit.repository import EventFilter
+from keyvault.audit.trail import verify_stored_chain
+from keyvault.crypto.records import Keyring
+from keyvault.db.engine import create_engine, create_sessionmaker
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.master_keys.unlock import unlock
+from keyvault.web.app import create_app
 from tests.conftest import MASTER_KEY, dispose_database, fresh_database_url, make_settings
 
 

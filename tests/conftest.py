@@ -23,13 +23,13 @@ from fastapi import FastAPI
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
-from keyvault.app import create_app
 from keyvault.config import Settings
-from keyvault.crypto import MIN_KDF_ITERATIONS, Keyring
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.master_keys import unlock
-from keyvault.migrations import upgrade_to_head
-from keyvault.models import ApiKeyRecord
+from keyvault.crypto.records import MIN_KDF_ITERATIONS, Keyring
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.db.models import ApiKeyRecord
+from keyvault.master_keys.unlock import unlock
+from keyvault.web.app import create_app
 
 MASTER_KEY = "test-master-key-0123456789-abcdefghijklmnop"
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghijklmnop"

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyvault import repository
-from keyvault.crypto import Keyring, RootKey, SealedRecord, new_deployment_salt
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.master_keys import unlock
-from keyvault.migrations import upgrade_to_head
-from keyvault.models import ApiKeyRecord
-from keyvault.service import last4_of
+from keyvault.crypto.records import Keyring, RootKey, SealedRecord, new_deployment_salt
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.db.models import ApiKeyRecord
+from keyvault.keys import repository
+from keyvault.keys.service import last4_of
+from keyvault.master_keys.unlock import unlock
 
 OLD_KEY = "old-master-key-0123456789-abcdefghijklmnop"
 NEW_KEY = "new-master-key-0123456789-abcdefghijklmnop"

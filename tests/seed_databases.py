@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from keyvault.seed_import import seed_engine
+from keyvault.legacy_import.importer import seed_engine
 from tests.conftest import dispose_database, fresh_database_url
 
 SEED_MASTER_KEY = "your-super-secret-master-key-change-this-in-production"

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import delete
 
-from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.models import ApiKeyRecord
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.models import ApiKeyRecord
 from tests.conftest import AUDIENCE, ISSUER, JWT_SECRET, MASTER_KEY
 
 STARTUP_SECONDS = 60

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from keyvault.audit import (
+from keyvault.audit.events import (
     GENESIS_LINK,
     AuditEvent,
     ChainedEvent,
@@ -14,7 +14,7 @@ from keyvault.audit import (
     outcome_for_status,
     verify_chain,
 )
-from keyvault.crypto import RootKey
+from keyvault.crypto.records import RootKey
 
 ROOT = RootKey.derive("audit-test-master-key-0123456789abcdef", b"\x01" * 16, 1000)
 OTHER_ROOT = RootKey.derive("another-master-key-0123456789abcdefgh", b"\x01" * 16, 1000)

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from keyvault import audit_repository
-from keyvault.db import create_engine
+from keyvault.audit import repository as audit_repository
+from keyvault.db.engine import create_engine
 from tests.audit_support import another_instance, private_service, stored_events, verify
 from tests.conftest import bearer, key_path, mint
 

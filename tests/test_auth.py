@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from keyvault.app import create_app
-from keyvault.crypto import Keyring
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 from tests.conftest import AUDIENCE, ISSUER, JWT_SECRET, bearer, key_path, make_settings, mint
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

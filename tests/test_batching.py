@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from keyvault.batching import Batch, BatchQueue
+from keyvault.db.batching import Batch, BatchQueue
 from keyvault.errors import AuditUnavailable
 
 
@@ -64,3 +64,28 @@ async def test_items_a_cancelled_queue_never_ran_fail_as_audit_unavailable() -> 
 
     with pytest.raises(AuditUnavailable):
         await second
+
+
+async def test_items_failed_while_queued_are_never_run() -> None:
+    ran: list[int] = []
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
+    async def run(batch: Batch[int, None]) -> None:
+        ran.extend(item for item, _ in batch)
+        in_flight.set()
+        await release.wait()  # the stuck database round trip
+        queue.fail_queued(AuditUnavailable)  # it met an outage
+        for _, future in batch:
+            future.set_exception(AuditUnavailable())
+
+    queue: BatchQueue[int, None] = BatchQueue(run, 100)
+    first = queue.submit(1)
+    await in_flight.wait()
+    queued = [queue.submit(2), queue.submit(3)]
+    release.set()
+
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+
+    assert all(isinstance(result, AuditUnavailable) for result in results)
+    await queue.aclose()
+    assert ran == [1]

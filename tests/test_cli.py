@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from keyvault.crypto import MIN_KDF_ITERATIONS
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
 from tests.conftest import JWT_SECRET, MASTER_KEY
 
 WRONG_KEY = "a-different-master-key-0123456789-abcdefgh"
@@ -177,9 +177,9 @@ async def _database_at_first_revision(database_url: str, master_key: str) -> Non
     from alembic import command
     from sqlalchemy import text
 
-    from keyvault.crypto import RootKey, new_deployment_salt
-    from keyvault.db import create_engine
-    from keyvault.migrations import alembic_config
+    from keyvault.crypto.records import RootKey, new_deployment_salt
+    from keyvault.db.engine import create_engine
+    from keyvault.db.migrations import alembic_config
 
     await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0001")
     salt = new_deployment_salt()
@@ -203,7 +203,7 @@ async def _database_at_first_revision(database_url: str, master_key: str) -> Non
 async def _schema_revision(database_url: str) -> str:
     from sqlalchemy import text
 
-    from keyvault.db import create_engine
+    from keyvault.db.engine import create_engine
 
     engine = create_engine(database_url)
     try:

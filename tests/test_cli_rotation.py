@@ -15,12 +15,12 @@ import pytest
 from alembic import command
 from sqlalchemy import func, select
 
-from keyvault import repository
-from keyvault.crypto import new_deployment_salt
-from keyvault.db import session_scope
-from keyvault.master_keys import unlock
-from keyvault.migrations import alembic_config
-from keyvault.models import ApiKeyRecord
+from keyvault.crypto.records import new_deployment_salt
+from keyvault.db.engine import session_scope
+from keyvault.db.migrations import alembic_config
+from keyvault.db.models import ApiKeyRecord
+from keyvault.keys import repository
+from keyvault.master_keys.unlock import unlock
 from tests.conftest import JWT_SECRET
 from tests.deployments import (
     CHEAP_ITERATIONS,

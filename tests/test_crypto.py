@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keyvault.crypto import (
+from keyvault.crypto.records import (
     FORMAT_VERSION,
     Keyring,
     RecordIntegrityError,

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from keyvault.app import create_app
 from keyvault.config import ConfigurationError, load_settings
+from keyvault.web.app import create_app
 from tests.conftest import BACKENDS, POSTGRES_ADMIN_URL, make_settings
 from tests.test_cli import keyvault, service_env
 

@@ -15,9 +15,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from keyvault import db
-from keyvault.app import create_app
-from keyvault.crypto import Keyring
+from keyvault.crypto.records import Keyring
+from keyvault.db import engine as db
+from keyvault.web.app import create_app
 from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_dsn, make_settings
 
 

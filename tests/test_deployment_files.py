@@ -23,11 +23,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from keyvault import cli
-from keyvault.app import create_app
+from keyvault.cli import commands as cli
 from keyvault.config import Settings, refuse_weak_master_key
-from keyvault.docs import DOCS_PATH
-from keyvault.migrations import upgrade_to_head
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.web.app import create_app
+from keyvault.web.docs import DOCS_PATH
 from tests.conftest import JWT_SECRET, MASTER_KEY
 from tests.server import free_port, running_server
 from tests.test_installed_package import PACKAGE_SOURCES

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from keyvault.docs import ASSET_CACHE_CONTROL, STATIC_PATH
 from keyvault.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from keyvault.web.docs import ASSET_CACHE_CONTROL, STATIC_PATH
 from tests.conftest import TokenFactory, bearer, key_path
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "keyvault"

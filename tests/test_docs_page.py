@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, Request, Route, async_playwright
 
-from keyvault.migrations import upgrade_to_head
+from keyvault.db.migrations import upgrade_to_head
 from tests.conftest import bearer, key_path, mint
 from tests.server import running_server
 

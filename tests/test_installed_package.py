@@ -103,7 +103,7 @@ def test_installed_keyvault_is_the_wheels_not_the_checkouts(
     installed: Installation, tmp_path: Path
 ) -> None:
     imported = run(
-        [installed.python, "-c", "import keyvault.migrations as m; print(m.__file__)"],
+        [installed.python, "-c", "import keyvault.db.migrations as m; print(m.__file__)"],
         cwd=tmp_path,
         env=server_env("sqlite+aiosqlite:///unused.db"),
     ).stdout.strip()

@@ -16,10 +16,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyvault.app import create_app
-from keyvault.auth import TokenVerifier
-from keyvault.crypto import Keyring
-from keyvault.jwks import UNKNOWN_KID_BURST, JwksCache
+from keyvault.auth.jwks import UNKNOWN_KID_BURST, JwksCache
+from keyvault.auth.tokens import TokenVerifier
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import AUDIENCE, ISSUER, bearer, key_path, make_settings, mint
 from tests.identity_provider import IdentityProvider, jwks_of, running_provider

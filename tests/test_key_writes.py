@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from keyvault import service
-from keyvault.audit import Action, AuditEvent, Outcome
-from keyvault.db import create_engine
+from keyvault.audit.events import Action, AuditEvent, Outcome
+from keyvault.db.engine import create_engine
 from keyvault.errors import AuditUnavailable, PreconditionFailed
-from keyvault.key_writes import KeyWrites
-from keyvault.service import Precondition, WriteResult
+from keyvault.keys import service
+from keyvault.keys.preconditions import EntityTags, Precondition
+from keyvault.keys.service import WriteResult
+from keyvault.keys.writes import KeyWrites
 from tests.audit_support import (
     PrivateService,
     another_instance,
@@ -171,7 +172,7 @@ async def test_a_failed_precondition_leaves_the_rest_of_its_batch_alone(
     running: PrivateService,
 ) -> None:
     created = await _put(running, "guarded", "sk-guarded-original-000")
-    stale = Precondition(if_match=frozenset({'"7.0"'}))
+    stale = Precondition(if_match=EntityTags(strong=frozenset({'"7.0"'})))
 
     outcomes = await asyncio.gather(
         _put(running, "before", "sk-before-000000000000"),
@@ -180,7 +181,7 @@ async def test_a_failed_precondition_leaves_the_rest_of_its_batch_alone(
             running,
             "guarded",
             "sk-guarded-current-0000",
-            Precondition(if_match=frozenset({created.etag})),
+            Precondition(if_match=EntityTags(strong=frozenset({created.etag}))),
         ),
         _put(running, "after", "sk-after-0000000000000"),
         return_exceptions=True,
@@ -201,7 +202,12 @@ async def test_a_batch_keeps_arrival_order_per_sub(running: PrivateService) -> N
         _put(running, "x", "sk-x-first-000000000000"),
         _put(running, "y", "sk-y-only-0000000000000"),
         _put(running, "x", "sk-x-second-00000000000"),
-        _put(running, "y", "sk-y-refused-0000000000", Precondition(if_none_match_any=True)),
+        _put(
+            running,
+            "y",
+            "sk-y-refused-0000000000",
+            Precondition(if_none_match=EntityTags(any=True)),
+        ),
         _put(running, "z", "sk-z-only-0000000000000"),
         _put(running, "x", "sk-x-third-000000000000"),
         return_exceptions=True,

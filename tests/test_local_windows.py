@@ -9,7 +9,7 @@ from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from keyvault.local_windows import SWEEP_AT_LEAST, LocalSlidingWindows
+from keyvault.ratelimit.local_windows import SWEEP_AT_LEAST, LocalSlidingWindows
 
 
 class Clock:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from keyvault.logs import JsonFormatter, LineHandler, log_line, logging_config
-from keyvault.middleware import current_request_id
+from keyvault.observability.logs import JsonFormatter, LineHandler, log_line, logging_config
+from keyvault.web.middleware import current_request_id
 
 CANARY = "sk-log-canary-0123456789abcdef"
 

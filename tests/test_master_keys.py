@@ -5,11 +5,11 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.master_keys import MasterKeyMismatchError, unlock
-from keyvault.migrations import upgrade_to_head
-from keyvault.models import Deployment, MasterKeyVerifier
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.db.models import Deployment, MasterKeyVerifier
+from keyvault.master_keys.unlock import MasterKeyMismatchError, unlock
 
 FIRST_KEY = "first-master-key-0123456789-abcdefghijklmn"
 OTHER_KEY = "other-master-key-0123456789-abcdefghijklmn"

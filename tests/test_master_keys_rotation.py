@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
-from keyvault import repository
-from keyvault.db import session_scope
-from keyvault.master_keys import MasterKeyMismatchError, UnknownPreviousKeyError, unlock
+from keyvault.db.engine import session_scope
+from keyvault.keys import repository
+from keyvault.master_keys.unlock import MasterKeyMismatchError, UnknownPreviousKeyError, unlock
 from tests.deployments import (
     CHEAP_ITERATIONS,
     NEW_KEY,

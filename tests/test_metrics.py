@@ -9,11 +9,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from keyvault.app import create_app
 from keyvault.config import Settings
-from keyvault.crypto import Keyring
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.models import ApiKeyRecord
+from keyvault.crypto.records import Keyring
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.models import ApiKeyRecord
+from keyvault.web.app import create_app
 from tests.conftest import AUDIENCE, ISSUER, bearer, key_path, make_settings, mint
 from tests.prometheus import label_values, sample
 

@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from keyvault.db import create_engine
-from keyvault.migrations import alembic_config, upgrade_to_head
-from keyvault.models import Base
+from keyvault.db.engine import create_engine
+from keyvault.db.migrations import alembic_config, upgrade_to_head
+from keyvault.db.models import Base
 
 
 async def _diff(database_url: str) -> list[Any]:

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from keyvault.app import create_app
 from keyvault.config import Settings
-from keyvault.crypto import Keyring
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 from tests.conftest import bearer, key_path, make_settings, mint
 from tests.prometheus import sample
 

@@ -8,11 +8,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from keyvault import repository, rotation
-from keyvault.app import create_app
-from keyvault.crypto import Keyring
-from keyvault.db import session_scope
-from keyvault.models import ApiKeyRecord
+from keyvault.crypto.records import Keyring
+from keyvault.db.engine import session_scope
+from keyvault.db.models import ApiKeyRecord
+from keyvault.keys import repository
+from keyvault.master_keys import rotation
+from keyvault.web.app import create_app
 from tests.conftest import JWT_SECRET, bearer, key_path, make_settings, mint
 from tests.deployments import (
     NEW_KEY,

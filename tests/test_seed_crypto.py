@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from keyvault.seed_crypto import SeedToken, fernet_key, open_token
+from keyvault.legacy_import.seed_crypto import SeedToken, fernet_key, open_token
 from tests.seed_databases import SEED_MASTER_KEY, seed_token
 
 ITERATIONS = 1_000

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from keyvault import repository, service
-from keyvault.crypto import Keyring
-from keyvault.db import session_scope
-from keyvault.seed_crypto import SEED_ITERATIONS, WRONG_KEY_REASON
-from keyvault.seed_import import (
+from keyvault.crypto.records import Keyring
+from keyvault.db.engine import session_scope
+from keyvault.keys import repository, service
+from keyvault.legacy_import.importer import (
     ImportReport,
     SeedImportError,
     _store_one,
@@ -19,6 +18,7 @@ from keyvault.seed_import import (
     read_seed_rows,
     seed_engine,
 )
+from keyvault.legacy_import.seed_crypto import SEED_ITERATIONS, WRONG_KEY_REASON
 from tests.deployments import (
     NEW_KEY,
     create_deployment,

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy.engine import make_url
 
-from keyvault import repository
-from keyvault.db import create_engine, create_sessionmaker, session_scope
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.keys import repository
 from tests.conftest import bearer, key_path, mint
 from tests.server import (
     RunningServer,

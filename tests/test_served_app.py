@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import gc
 
-from keyvault.app import create_app
 from keyvault.config import Settings
-from keyvault.crypto import Keyring
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 
 
 async def test_a_served_app_freezes_the_heap_once_started(

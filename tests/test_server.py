@@ -91,3 +91,37 @@ def test_real_server_stores_and_serves_a_key_and_logs_no_secret(server: tuple[st
     logs = log_path.read_text()
     for secret in (CANARY_KEY, token_value, MASTER_KEY, JWT_SECRET):
         assert secret not in logs
+
+
+def test_real_server_refuses_a_line_break_or_invalid_utf8_in_the_sub_as_any_invalid_sub(
+    server: tuple[str, Path],
+) -> None:
+    # The server's own path decoding, not the test transport's: %0A and %FF reach the app as
+    # "\n" and U+FFFD.
+    base_url, _ = server
+    everything = "api-key:read api-key:write api-key:delete"
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        http.put(
+            "/users/alice/api-key",
+            json={"api_key": CANARY_KEY},
+            headers=bearer(mint("alice", everything)),
+        )
+        answers = {
+            "newline, no token": http.get("/users/a%0Ab/api-key"),
+            "newline": http.get("/users/a%0Ab/api-key", headers=bearer(mint("a\nb", everything))),
+            "invalid utf-8": http.put(
+                "/users/x%FF/api-key",
+                json={"api_key": CANARY_KEY},
+                headers=bearer(mint("x\ufffd", everything)),
+            ),
+            "newline after the route": http.get(
+                "/users/alice/api-key%0A", headers=bearer(mint("alice", everything))
+            ),
+        }
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "newline, no token": 401,
+        "newline": 422,
+        "invalid utf-8": 422,
+        "newline after the route": 404,
+    }
+    assert all(CANARY_KEY not in answer.text for answer in answers.values())

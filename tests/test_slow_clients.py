@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keyvault.http_protocol import RESERVED_DESCRIPTORS, ConnectionLimits
+from keyvault.web.http_protocol import RESERVED_DESCRIPTORS, ConnectionLimits
 from tests.conftest import key_path, make_settings, mint
 from tests.real_server import RunningServer, server_environment, serving
 

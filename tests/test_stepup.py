@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from keyvault.auth.stepup import StepUpPolicy
 from keyvault.config import ConfigurationError, Settings
 from keyvault.errors import InsufficientUserAuthentication
-from keyvault.stepup import StepUpPolicy
 from tests.conftest import make_settings
 
 NOW = 1_800_000_000.0

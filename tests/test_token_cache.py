@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from keyvault.auth import Principal, TokenVerifier
+from keyvault.auth.token_cache import MAX_TOKEN_LENGTH, VerifiedTokenCache
+from keyvault.auth.tokens import Principal, TokenVerifier
 from keyvault.errors import Unauthorized
-from keyvault.token_cache import MAX_TOKEN_LENGTH, VerifiedTokenCache
 from tests.conftest import make_settings, mint
 
 ALICE = Principal("alice", frozenset({"api-key:read"}), None)

@@ -15,9 +15,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyvault.app import create_app
-from keyvault.auth import mint_token
-from keyvault.crypto import Keyring
+from keyvault.auth.tokens import mint_token
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import AUDIENCE, ISSUER, JWT_SECRET, bearer, key_path, make_settings, mint
 from tests.identity_provider import jwks_of, running_provider

@@ -1,3 +1,3 @@
-from keyvault.cli import app
+from keyvault.cli.commands import app
 
 app(prog_name="keyvault")

@@ -27,8 +27,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.db import DEFAULT_POOL_SIZE
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
+from keyvault.db.engine import DEFAULT_POOL_SIZE, Timeouts
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
@@ -254,6 +254,15 @@ class Settings(BaseSettings):
                 "set KEYVAULT_JWT_SECRET or KEYVAULT_JWKS_URL so tokens can be verified"
             )
         return self
+
+    def database_timeouts(self) -> Timeouts:
+        """The timeouts of every engine and connection the service opens (requests, writes, the
+        audit trail, readiness): a refusal's audit event must give up as soon as a read does."""
+        return Timeouts(
+            connect=self.database_connect_timeout,
+            statement=self.database_statement_timeout,
+            pool=self.database_pool_timeout,
+        )
 
     def master_key(self) -> str:
         """The master key, read from the variable or the file; refuses missing or weak keys."""

@@ -1,18 +1,13 @@
-"""The errors keyvault answers with, and the one place they become RFC 9457 problem+json.
+"""The errors keyvault answers with, as plain exceptions: each names its HTTP status and problem type.
 
-Services raise `Problem` subclasses; no route builds an error response by hand. Every detail is
-written here or by a service from fixed text: nothing from the request body, a token or a key.
+Services raise `Problem` subclasses; keyvault.web.problems turns them into RFC 9457 problem+json.
+Every detail is written here or by a service from fixed text: nothing from a request body, a token
+or a key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import ClassVar
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://keyvault.dev/problems/"
@@ -117,50 +112,3 @@ class KeySetUnavailable(ServiceUnavailable):
             "The identity provider's signing keys cannot be fetched right now; retry shortly.",
             {"Retry-After": str(retry_after_seconds)},
         )
-
-
-# What the app's exception handler for Problem is; the short paths call it as Starlette would.
-ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
-
-
-def problem_response(
-    status: int, slug: str, title: str, detail: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
-async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Problem)
-    return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
-
-
-async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    # FastAPI's own handler echoes the rejected input back; this one names fields and rules only.
-    assert isinstance(exc, RequestValidationError)
-    reasons = "; ".join(_describe_validation_error(error) for error in exc.errors())
-    return problem_response(422, InvalidRequest.slug, InvalidRequest.title, reasons)
-
-
-def _describe_validation_error(error: Any) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    message = str(error.get("msg", "invalid value"))
-    if error.get("type") == "json_invalid":
-        message = "body is not valid JSON"
-    return f"{location}: {message}" if location else message
-
-
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    title = _HTTP_TITLES.get(exc.status_code, "Error")
-    detail = exc.detail if isinstance(exc.detail, str) else title
-    return problem_response(exc.status_code, f"http-{exc.status_code}", title, detail, exc.headers)
-
-
-_HTTP_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(Problem, _on_problem)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keyvault.api import get_session
-from keyvault.audit import ChainedEvent
+from keyvault.audit.events import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
-from keyvault.logs import JsonFormatter
+from keyvault.observability.logs import JsonFormatter
+from keyvault.web.key_routes import get_session
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
@@ -200,6 +200,52 @@ async def test_sub_with_a_control_character_is_refused_and_recorded_cleaned(
     assert response.status_code == 422
     event = (await _only_event(settings, unique_sub + "?x")).event
     assert event.outcome == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("authorised", "outcome"), [(False, "denied_401"), (True, "invalid_request")]
+)
+@pytest.mark.parametrize("separator", ["\n", "\r"])
+async def test_sub_with_a_line_break_is_refused_and_recorded_like_any_invalid_sub(
+    client: httpx.AsyncClient,
+    token: TokenFactory,
+    settings: Settings,
+    unique_sub: str,
+    separator: str,
+    authorised: bool,
+    outcome: str,
+) -> None:
+    headers = bearer(token(unique_sub, ALL)) if authorised else {}
+    response = await client.get(key_path(unique_sub + separator + "x"), headers=headers)
+    assert response.status_code == (422 if authorised else 401)
+    event = (await _only_event(settings, unique_sub + "?x")).event
+    assert (event.action, event.outcome) == ("get", outcome)
+    assert event.actor == (unique_sub if authorised else None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"api_key": "sk-\u00e9-0000000000"}'.encode("latin-1"),
+        b'{"api_key": "sk-abc\\ud800defghijkl"}',
+        b"{api_key",
+    ],
+)
+async def test_an_unreadable_body_is_recorded_as_invalid_request_with_its_actor(
+    client: httpx.AsyncClient,
+    token: TokenFactory,
+    settings: Settings,
+    unique_sub: str,
+    body: bytes,
+) -> None:
+    response = await client.put(
+        key_path(unique_sub),
+        content=body,
+        headers={**bearer(token(unique_sub, ALL)), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    event = (await _only_event(settings, unique_sub)).event
+    assert (event.action, event.outcome, event.actor) == ("put", "invalid_request", unique_sub)
 
 
 async def test_each_event_is_logged_as_one_json_line(

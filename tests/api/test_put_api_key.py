@@ -220,6 +220,94 @@ async def test_if_none_match_star_only_creates(
     assert (first.status_code, second.status_code) == (201, 412)
 
 
+@pytest.mark.parametrize(
+    "if_none_match",
+    ["{etag}", "W/{etag}", '"1.0", {etag}'],
+)
+async def test_if_none_match_with_the_current_etag_is_412_and_keeps_the_value(
+    client: httpx.AsyncClient, token: TokenFactory, if_none_match: str
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-second-00000000000"},
+        **{"If-None-Match": if_none_match.format(etag=created.headers["ETag"])},
+    )
+    assert response.status_code == 412
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["version"] == 1
+
+
+async def test_if_none_match_with_another_etag_replaces(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client, token, "alice", {"api_key": "sk-second-00000000000"}, **{"If-None-Match": '"1.0"'}
+    )
+    assert response.status_code == 200
+
+
+async def test_if_match_with_a_weak_current_etag_is_412(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await put(
+        client,
+        token,
+        "alice",
+        {"api_key": "sk-second-00000000000"},
+        **{"If-Match": f"W/{created.headers['ETag']}"},
+    )
+    assert response.status_code == 412
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("If-Match", '*, "x"')],
+        [("If-Match", "{etag}, *")],
+        [("If-Match", "not-quoted")],
+        [("If-None-Match", '"x"'), ("If-None-Match", "*")],
+    ],
+)
+async def test_a_malformed_precondition_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, token: TokenFactory, headers: list[tuple[str, str]]
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    etag = created.headers["ETag"]
+    response = await client.put(
+        key_path("alice"),
+        json={"api_key": "sk-second-00000000000"},
+        headers=[
+            *bearer(token("alice", WRITE)).items(),
+            *((name, value.format(etag=etag)) for name, value in headers),
+        ],
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    read = await client.get(key_path("alice"), headers=bearer(token("alice", WRITE)))
+    assert read.json()["version"] == 1
+
+
+async def test_if_none_match_field_lines_are_one_list(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await put(client, token, "alice", {"api_key": "sk-first-000000000000"})
+    response = await client.put(
+        key_path("alice"),
+        json={"api_key": "sk-second-00000000000"},
+        headers=[
+            *bearer(token("alice", WRITE)).items(),
+            ("If-None-Match", '"1.0"'),
+            ("If-None-Match", created.headers["ETag"]),
+        ],
+    )
+    assert response.status_code == 412
+
+
 @pytest.mark.parametrize("sub", ["google-oauth2|1234", "auth0|abc/def", "ünïcødé user", "x" * 255])
 async def test_unusual_but_valid_subs_round_trip(
     client: httpx.AsyncClient, token: TokenFactory, sub: str
@@ -231,10 +319,91 @@ async def test_unusual_but_valid_subs_round_trip(
     assert read.json()["sub"] == sub
 
 
-@pytest.mark.parametrize("sub", ["x" * 256, "tab\there", "nul\x00byte", "del\x7f"])
+@pytest.mark.parametrize(
+    "sub",
+    ["x" * 256, "tab\there", "nul\x00byte", "del\x7f", "new\nline", "carriage\rreturn", "x\ufffd"],
+)
 async def test_invalid_subs_are_422(
     client: httpx.AsyncClient, token: TokenFactory, sub: str
 ) -> None:
     response = await put(client, token, sub, {"api_key": "sk-unusual-sub-0000000"})
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_broken_sub_rule_is_named_once(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await put(client, token, "new\nline", {"api_key": "sk-unusual-sub-0000000"})
+    assert response.json()["detail"] == "path.sub: Value error, must not contain control characters"
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET"])
+async def test_invalid_utf8_in_the_path_is_422_and_never_another_users_key(
+    client: httpx.AsyncClient, token: TokenFactory, method: str
+) -> None:
+    # Both decode to "x\ufffd": as a sub they would be one user.
+    headers = bearer(token("x\ufffd", WRITE))
+    for path in ("/users/x%ff/api-key", "/users/x%fe/api-key"):
+        response = await client.request(
+            method, path, json={"api_key": "sk-0000000000000"}, headers=headers
+        )
+        assert response.status_code == 422
+        assert "valid UTF-8" in response.json()["detail"]
+
+
+async def test_a_newline_after_the_route_is_not_the_route(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    await put(client, token, "alice", {"api_key": "sk-alice-0000000000"})
+    headers = bearer(token("alice", WRITE))
+    for suffix in ("%0A", "/status%0A"):
+        response = await client.get(f"/users/alice/api-key{suffix}", headers=headers)
+        assert response.status_code == 404
+        assert "sk-alice" not in response.text
+
+
+async def test_a_lone_surrogate_in_the_key_is_422_and_stores_nothing(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    response = await client.put(
+        key_path("alice"),
+        content=b'{"api_key": "sk-CANARY\\ud800defghijkl"}',
+        headers=bearer(token("alice", WRITE)) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "api_key: Value error, must not contain unpaired surrogates"
+    assert "CANARY" not in response.text
+    status = await client.get(key_path("alice", "/status"), headers=bearer(token("alice", WRITE)))
+    assert status.json()["has_api_key"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('{"api_key": "sk-CANARY-\u00e9-000000"}'.encode("latin-1"), "body is not valid UTF-8"),
+        ('{"api_key": "sk-CANARY-0000000000"}'.encode("utf-16"), "body is not valid UTF-8"),
+        (b"[" * 5000 + b"]" * 5000, "body is not valid JSON"),
+    ],
+)
+async def test_a_body_that_is_not_utf8_json_is_422(
+    client: httpx.AsyncClient, token: TokenFactory, body: bytes, reason: str
+) -> None:
+    response = await client.put(
+        key_path("alice"),
+        content=body,
+        headers=bearer(token("alice", WRITE)) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == reason
+    assert "CANARY" not in response.text
+
+
+async def test_a_body_that_is_not_json_without_a_token_is_401(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put(
+        key_path("alice"), content=b"\xff{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 401

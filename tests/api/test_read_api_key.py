@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select, update
 
 from keyvault.config import Settings
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.models import ApiKeyRecord
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.models import ApiKeyRecord
 from tests.conftest import TokenFactory, bearer, key_path
 
 ALL = "api-key:read api-key:write api-key:delete"

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keyvault.api import get_keyring
-from keyvault.app import create_app
+from keyvault.web.app import create_app
+from keyvault.web.key_routes import get_keyring
 from tests.audit_support import execute_sql, private_service, stored_events
 from tests.conftest import bearer, make_settings, mint
 
@@ -138,6 +138,17 @@ REQUESTS: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     ),
     "control character": lambda: ("/users/a%01b/api-key", {"headers": bearer(mint("a\x01b", ALL))}),
     "slash in sub": lambda: ("/users/a%2Fb/api-key", {"headers": bearer(mint("a/b", ALL))}),
+    "newline in sub": lambda: ("/users/a%0Ab/api-key", {"headers": bearer(mint("a\nb", ALL))}),
+    "carriage return in sub": lambda: (
+        "/users/a%0Db/api-key",
+        {"headers": bearer(mint("a\rb", ALL))},
+    ),
+    "newline in sub, no token": lambda: ("/users/a%0Ab/api-key", {}),
+    "invalid utf-8 in sub": lambda: (
+        "/users/x%ff/api-key",
+        {"headers": bearer(mint("x\ufffd", ALL))},
+    ),
+    "newline after the route": lambda: (f"/users/{ALICE}/api-key%0A", {"headers": _alice()}),
     "trailing slash": lambda: (f"/users/{ALICE}/api-key/", {"headers": _alice()}),
     "nested path": lambda: (
         f"/users/{ALICE}/api-key/status/api-key",
@@ -246,3 +257,23 @@ async def test_the_short_path_answers_a_permitted_read_without_the_fastapi_route
         read = await service.client.get(f"/users/{ALICE}/api-key", headers=_alice())
     assert read.status_code == 200
     assert read.json()["api_key"] == ALICE_KEY
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "OPTIONS", "HEAD"])
+async def test_other_methods_on_the_key_route_are_answered_alike(
+    backend: str, tmp_path: Path, method: str
+) -> None:
+    # With a token and a JSON body that either short path would take for its own method.
+    request: dict[str, Any] = {"headers": {**_alice(), "Content-Type": "application/json"}}
+    if method != "HEAD":
+        request["content"] = b'{"api_key": "sk-other-method-0123456789"}'
+    async with two_paths(backend, tmp_path) as paths:
+        short, full = await paths.both(method, f"/users/{ALICE}/api-key", **request)
+    assert short == full
+    if method == "HEAD":
+        assert (short.status, short.body) == (200, b"")
+        assert [event[:2] for event in short.events] == [("get", "ok")]
+    else:
+        assert short.status == 405
+        assert short.headers["allow"] == "GET, HEAD, PUT, DELETE"
+        assert short.headers["content-type"] == "application/problem+json"

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keyvault.app import create_app
-from keyvault.crypto import Keyring
+from keyvault.crypto.records import Keyring
+from keyvault.web.app import create_app
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, key_path, make_settings, mint
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from keyvault.api import get_keyring
+from keyvault.web.key_routes import get_keyring
 from tests.audit_support import PrivateService, execute_sql, private_service, stored_events
 from tests.conftest import bearer, mint
 
@@ -219,6 +219,25 @@ REQUESTS: dict[str, Callable[[str], tuple[str, dict[str, Any]]]] = {
     ),
     "control character": lambda _: ("/users/a%01b/api-key", {**NEW_BODY, "headers": _as("a\x01b")}),
     "trailing slash": lambda _: (f"{ALICE_PATH}/", {**NEW_BODY, "headers": _as(ALICE)}),
+    "newline in sub": lambda _: ("/users/a%0Ab/api-key", {**NEW_BODY, "headers": _as("a\nb")}),
+    "newline in sub, no token": lambda _: ("/users/a%0Ab/api-key", NEW_BODY),
+    "invalid utf-8 in sub": lambda _: (
+        "/users/x%ff/api-key",
+        {**NEW_BODY, "headers": _as("x\ufffd")},
+    ),
+    "newline after the route": lambda _: (f"{ALICE_PATH}%0A", {**NEW_BODY, "headers": _as(ALICE)}),
+    "lone surrogate in key": lambda _: (
+        ALICE_PATH,
+        {"content": b'{"api_key": "sk-abc\\ud800defghijkl"}', "headers": {**_as(ALICE), **JSON}},
+    ),
+    "body not utf-8": lambda _: (
+        ALICE_PATH,
+        {"content": b'{"api_key": "sk-\xe9-0123456789"}', "headers": {**_as(ALICE), **JSON}},
+    ),
+    "body not utf-8, no token": lambda _: (
+        ALICE_PATH,
+        {"content": b'{"api_key": "sk-\xe9-0123456789"}', "headers": JSON},
+    ),
     "if-none-match on a stored key": lambda _: (
         ALICE_PATH,
         {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": "*"}},
@@ -238,6 +257,41 @@ REQUESTS: dict[str, Callable[[str], tuple[str, dict[str, Any]]]] = {
     "if-match any": lambda _: (
         ALICE_PATH,
         {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": "*"}},
+    ),
+    "if-none-match the current etag": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": f'"1.0", {etag}'}},
+    ),
+    "if-none-match the current etag, weak": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": f"W/{etag}"}},
+    ),
+    "if-none-match another etag": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-None-Match": '"1.0"'}},
+    ),
+    "if-none-match in two field lines": lambda etag: (
+        ALICE_PATH,
+        {
+            **NEW_BODY,
+            "headers": [*_as(ALICE).items(), ("If-None-Match", '"1.0"'), ("If-None-Match", etag)],
+        },
+    ),
+    "if-match the current etag, weak": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": f"W/{etag}"}},
+    ),
+    "if-match any in a list": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": '*, "x"'}},
+    ),
+    "if-match not quoted": lambda _: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": "1.0"}},
+    ),
+    "if-match and if-none-match": lambda etag: (
+        ALICE_PATH,
+        {**NEW_BODY, "headers": {**_as(ALICE), "If-Match": etag, "If-None-Match": etag}},
     ),
     "if-match any on a new key": lambda _: (
         f"/users/{NOBODY}/api-key",

@@ -69,14 +69,14 @@ def baseline_app() -> FastAPI:
 
 
 def keyvault_app() -> Any:
-    from keyvault.app import create_app
+    from keyvault.web.app import create_app
 
     return create_app()
 
 
 def keyvault_app_without_audit() -> Any:
-    from keyvault import audit_trail
-    from keyvault.app import create_app
+    from keyvault.audit import trail as audit_trail
+    from keyvault.web.app import create_app
 
     def not_recorded(self: audit_trail.RequestAudit, *, key_version: int | None) -> None:
         self.recorded = True
@@ -99,10 +99,10 @@ def _free_port() -> int:
 
 
 async def _prepare(database_url: str) -> None:
-    from keyvault import repository
-    from keyvault.db import create_engine, create_sessionmaker, session_scope
-    from keyvault.master_keys import unlock
-    from keyvault.migrations import upgrade_to_head
+    from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+    from keyvault.db.migrations import upgrade_to_head
+    from keyvault.keys import repository
+    from keyvault.master_keys.unlock import unlock
 
     await asyncio.to_thread(upgrade_to_head, database_url)
     engine = create_engine(database_url)
@@ -190,7 +190,7 @@ async def main() -> None:
             "KEYVAULT_DATABASE_URL": database_url,
             "KEYVAULT_JWT_SECRET": JWT_SECRET,
         }
-        from keyvault.auth import mint_token
+        from keyvault.auth.tokens import mint_token
         from keyvault.config import Settings
 
         token = mint_token(

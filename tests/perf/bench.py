@@ -51,12 +51,12 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from keyvault import service
-from keyvault.auth import mint_token
+from keyvault.auth.tokens import mint_token
 from keyvault.config import Settings
-from keyvault.crypto import MIN_KDF_ITERATIONS
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.master_keys import unlock
+from keyvault.crypto.records import MIN_KDF_ITERATIONS
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.keys import service
+from keyvault.master_keys.unlock import unlock
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

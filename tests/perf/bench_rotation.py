@@ -31,12 +31,13 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from keyvault import repository, rotation
-from keyvault.crypto import MIN_KDF_ITERATIONS, Keyring, RootKey, new_deployment_salt
-from keyvault.db import create_engine, create_sessionmaker, session_scope
-from keyvault.master_keys import derive_all
-from keyvault.migrations import upgrade_to_head
-from keyvault.service import last4_of
+from keyvault.crypto.records import MIN_KDF_ITERATIONS, Keyring, RootKey, new_deployment_salt
+from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
+from keyvault.db.migrations import upgrade_to_head
+from keyvault.keys import repository
+from keyvault.keys.service import last4_of
+from keyvault.master_keys import rotation
+from keyvault.master_keys.unlock import derive_all
 
 DEFAULT_ADMIN_URL = "postgresql+asyncpg://root@127.0.0.1:5432/postgres"
 SEED_CHUNK = 5_000

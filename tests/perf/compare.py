@@ -25,7 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from keyvault.auth import mint_token
+from keyvault.auth.tokens import mint_token
 from tests.perf import bench
 
 WORKTREE = "WORKTREE"

@@ -1,0 +1,365 @@
+"""Who is calling and what they may do: bearer JWT → Principal, and scope checks as dependencies.
+
+Algorithms come from configuration, never from the token: HS256 with the shared secret for tokens
+without a `kid`, the configured asymmetric algorithms for tokens whose `kid` names a key in the
+identity provider's JWKS. A token that names an algorithm outside that set is refused by PyJWT.
+
+Only access tokens get in. The provider signs its ID tokens with the same keys, and an ID token
+minted for keyvault's client carries keyvault's audience, so a key-set token must declare itself
+an access token in its `typ` header (RFC 9068 `at+jwt`, or KEYVAULT_JWKS_TOKEN_TYPES). The shared
+secret signs only what `keyvault token` mints, never an ID token, so HS256 tokens without a `typ`
+or with the generic `JWT` are taken too: deployments hold such tokens from older versions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final, NoReturn
+
+import jwt
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import AfterValidator
+
+from keyvault.auth.jwks import JwksCache
+from keyvault.auth.stepup import StepUpPolicy
+from keyvault.auth.token_cache import VerifiedTokenCache
+from keyvault.config import Settings, media_type
+from keyvault.errors import (
+    Forbidden,
+    InsufficientUserAuthentication,
+    KeySetUnavailable,
+    Problem,
+    Unauthorized,
+)
+from keyvault.keys.input_rules import SUB_MAX_LENGTH, SUB_PATTERN, sub_problem
+from keyvault.observability import metrics
+
+HS_ALGORITHM: Final = "HS256"
+ACCESS_TOKEN_TYPE: Final = "at+jwt"
+# What HS256 tokens may say they are: keyvault's own, minted with or without RFC 9068's type.
+HS_TOKEN_TYPES: Final = frozenset({ACCESS_TOKEN_TYPE, "jwt"})
+_SOMEONE_ELSES: Final = "The bearer token was issued by or for someone else."
+
+
+class Scope(StrEnum):
+    read = "api-key:read"
+    write = "api-key:write"
+    delete = "api-key:delete"
+    any_user = "users:any"
+    audit_read = "audit:read"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    scopes: frozenset[str]
+    client_id: str | None
+    # How and when the user signed in (OIDC / RFC 9470), for step-up checks.
+    acr: str | None = None
+    amr: frozenset[str] = frozenset()
+    auth_time: int | None = None
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, jwks: JwksCache | None = None) -> None:
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_seconds
+        self._jwks_algorithms = list(settings.jwks_algorithms)
+        self._jwks_token_types = frozenset(settings.jwks_token_types)
+        self._jwks = jwks
+        self._verified: VerifiedTokenCache[Principal] = VerifiedTokenCache()
+
+    async def verify(self, token: str) -> Principal:
+        # Callers reuse a token for many requests; one that already passed every check below is
+        # taken as verified until its own expiry (see token_cache for the exact rules).
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is malformed.", reason="malformed") from None
+        kid = header.get("kid")
+        typ = header.get("typ")
+        if kid is not None and self._jwks is not None:
+            # Before the key lookup: a token of the wrong type never costs a key-set refetch.
+            _require_type(typ, self._jwks_token_types, optional=False)
+            key: Any = await self._jwks.key_for(str(kid))
+            algorithms = self._jwks_algorithms
+        elif self._secret is not None:
+            _require_type(typ, HS_TOKEN_TYPES, optional=True)
+            key, algorithms = self._secret, [HS_ALGORITHM]
+        else:
+            raise Unauthorized(
+                "The bearer token names no key this service trusts.", reason="unknown_key"
+            )
+        return self._decode(token, key, algorithms)
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The bearer token has expired.", reason="expired") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise Unauthorized(
+                f"The bearer token lacks the '{error.claim}' claim.", reason="missing_claim"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized(_SOMEONE_ELSES, reason="wrong_audience") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized(_SOMEONE_ELSES, reason="wrong_issuer") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("The bearer token is invalid.", reason="bad_signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthorized("The bearer token is invalid.", reason="wrong_algorithm") from None
+        except jwt.DecodeError:
+            raise Unauthorized("The bearer token is invalid.", reason="malformed") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is invalid.") from None
+        principal = _principal_from(claims)
+        self._verified.put(token, principal, expires_at=float(claims["exp"]) + self._leeway)
+        return principal
+
+
+def _require_type(typ: object, accepted: frozenset[str], *, optional: bool) -> None:
+    if typ is None and optional:
+        return
+    if not isinstance(typ, str) or media_type(typ) not in accepted:
+        raise Unauthorized("The bearer token is not an access token.", reason="wrong_type")
+
+
+def _principal_from(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("The bearer token's subject is not a string.", reason="bad_subject")
+    scope = claims.get("scope", "")
+    scopes = scope.split() if isinstance(scope, str) else []
+    client_id = claims.get("client_id") or claims.get("azp")
+    acr = claims.get("acr")
+    amr = claims.get("amr")
+    auth_time = claims.get("auth_time")
+    return Principal(
+        sub,
+        frozenset(scopes),
+        str(client_id) if client_id else None,
+        acr=acr if isinstance(acr, str) else None,
+        amr=frozenset(m for m in amr if isinstance(m, str))
+        if isinstance(amr, list)
+        else frozenset(),
+        # bool is an int in Python; `true` is no time.
+        auth_time=int(auth_time)
+        if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
+        else None,
+    )
+
+
+def valid_subject(value: str) -> bool:
+    """What SubjectPath admits (see keyvault.input_rules)."""
+    return sub_problem(value) is None
+
+
+def _acceptable_subject(value: str) -> str:
+    problem = sub_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+SubjectPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=SUB_MAX_LENGTH,
+        description="The identity provider's subject, percent-encoded (e.g. `google-oauth2%7C1234`):"
+        " no control characters, and valid UTF-8 (no U+FFFD).",
+        json_schema_extra={"pattern": SUB_PATTERN},
+    ),
+    AfterValidator(_acceptable_subject),
+]
+
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="A JWT whose `scope` claim holds `api-key:read`, `api-key:write` or `api-key:delete`,"
+    " and `users:any` to act on other users' keys.",
+)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an `Authorization: Bearer …` header, read exactly as HTTPBearer reads it."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Principal:
+    try:
+        principal = await _verify(request, credentials)
+    except Unauthorized as failure:
+        metrics.AUTH_FAILURES.labels(failure.reason).inc()
+        request.state.reason = failure.reason  # for the request's log line
+        raise
+    except KeySetUnavailable as unavailable:
+        request.state.reason = unavailable.reason
+        raise
+    request.state.actor = principal.sub  # for the request's log line
+    await request.app.state.rate_limiter.enforce_for_principal(
+        principal.sub, service=is_service(principal)
+    )
+    return principal
+
+
+def is_service(principal: Principal) -> bool:
+    """A service token (`users:any`): one `sub` shared by every replica of the service."""
+    return Scope.any_user in principal.scopes
+
+
+async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    if credentials is None:
+        raise Unauthorized("A bearer token is required.", error=None, reason="missing")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    principal = await verifier.verify(credentials.credentials)
+    request.state.principal = principal  # the audit trail names the actor, even of a refusal
+    return principal
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a route asks of its caller: one of `scopes` for the path's sub (plus `users:any` for
+    someone else's), and the step-up policy of the `step_up` action ("read", "write", "delete")."""
+
+    scopes: tuple[Scope, ...]
+    step_up: str | None = None
+
+
+def check_access(
+    caller: Principal, sub: str, access: Access, policy: StepUpPolicy, now: float
+) -> None:
+    """Raise Forbidden (or InsufficientUserAuthentication) unless `caller` has `access` to `sub`.
+
+    The decision uses the token alone, so it is the same whether or not the target has a key, and
+    no query runs for a refused caller. It counts nothing: the dependency below does.
+    """
+    if caller.scopes.isdisjoint(access.scopes):
+        wanted = " or ".join(scope.value for scope in access.scopes)
+        raise Forbidden(f"This action needs the {wanted} scope.", "forbidden_scope")
+    if caller.sub != sub and Scope.any_user not in caller.scopes:
+        raise Forbidden("Acting on another user's key needs the users:any scope.", "forbidden_user")
+    if access.step_up is not None:
+        policy.check(
+            access.step_up,
+            scopes=caller.scopes,
+            acr=caller.acr,
+            amr=caller.amr,
+            auth_time=caller.auth_time,
+            now=now,
+        )
+
+
+async def permitted_caller(
+    state: Any, authorization: str | None, sub: str, access: Access
+) -> Principal | None:
+    """The caller, when the request's bearer token verifies and `access` to `sub` is allowed, as
+    the route's dependencies would find; None otherwise. Counts nothing and records nothing: the
+    short paths (keyvault.read_path, keyvault.write_path) use it to decide whether to answer, and
+    leave every refusal to the FastAPI route. `state` is the app's state."""
+    token = bearer_token(authorization)
+    if token is None or not valid_subject(sub):
+        return None
+    verifier: TokenVerifier = state.token_verifier
+    try:
+        principal = await verifier.verify(token)
+        check_access(principal, sub, access, state.step_up, now=time.time())
+    except Problem:  # any refusal is the FastAPI route's to give, and to count
+        return None
+    return principal
+
+
+def require(access: Access) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers with `access` to the path's `sub` (see check_access)."""
+
+    async def check(request: Request, sub: SubjectPath, caller: Caller) -> Principal:
+        try:
+            check_access(caller, sub, access, request.app.state.step_up, now=time.time())
+        except Forbidden as forbidden:
+            _refuse(request, forbidden)
+        except InsufficientUserAuthentication:
+            request.state.reason = "step_up"  # for the request's log line
+            raise
+        return caller
+
+    return check
+
+
+def _refuse(request: Request, forbidden: Forbidden) -> NoReturn:
+    metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
+    request.state.reason = forbidden.reason  # for the request's log line
+    raise forbidden
+
+
+def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers holding `scope`, for routes not about one user's key."""
+
+    async def check(request: Request, caller: Caller) -> Principal:
+        if scope not in caller.scopes:
+            _refuse(
+                request, Forbidden(f"This action needs the {scope.value} scope.", "forbidden_scope")
+            )
+        return caller
+
+    return check
+
+
+# READ_ACCESS and WRITE_ACCESS are also what keyvault.read_path and keyvault.write_path check on
+# their short paths for the same routes.
+READ_ACCESS: Final = Access((Scope.read,), step_up="read")
+KeyReader = Annotated[Principal, Depends(require(READ_ACCESS))]
+WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
+KeyWriter = Annotated[Principal, Depends(require(WRITE_ACCESS))]
+KeyDeleter = Annotated[Principal, Depends(require(Access((Scope.delete,), step_up="delete")))]
+AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
+# Seeing whether a key exists, or who used it, takes any of the three key scopes.
+ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))
+StatusReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
+
+
+def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> str:
+    """An HS256 access token (`typ: at+jwt`) for development and tests, signed with the secret."""
+    if settings.jwt_secret is None:
+        raise ValueError("KEYVAULT_JWT_SECRET is not set")
+    now = int(time.time())
+    claims = {
+        "sub": sub,
+        "scope": scopes,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(
+        claims,
+        settings.jwt_secret.get_secret_value(),
+        algorithm=HS_ALGORITHM,
+        headers={"typ": ACCESS_TOKEN_TYPE},
+    )

@@ -1,0 +1,73 @@
+"""What the key routes accept as a `sub` and as an `api_key`, stated once.
+
+Each rule is a regular expression that validates the request and is published as the `pattern`
+of the OpenAPI schema, so a schema-driven client or fuzzer sees exactly the contract the server
+applies. The patterns use `\\uXXXX` escapes and literal characters only, which Python's `re` and
+ECMA-262 (JSON Schema's dialect, with the `u` flag) read alike. A refusal names the rule it broke,
+never the value.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Final
+
+SUB_MAX_LENGTH: Final = 255
+API_KEY_MAX_LENGTH: Final = 1024
+
+# Invalid UTF-8 in a percent-encoded path decodes to U+FFFD, so `x%ff` and `x%fe` would be one
+# user: the replacement character is refused along with the control characters (category Cc).
+SUB_PATTERN: Final = r"^[^\u0000-\u001f\u007f-\u009f\ufffd]*$"
+_SUB: Final = re.compile(SUB_PATTERN)
+_CONTROL: Final = re.compile(r"[\u0000-\u001f\u007f-\u009f]")
+
+
+def sub_problem(value: str) -> str | None:
+    """Why `value` is not an acceptable sub, or None when it is."""
+    if not 0 < len(value) <= SUB_MAX_LENGTH:
+        return f"must be 1 to {SUB_MAX_LENGTH} characters"
+    if _SUB.fullmatch(value):
+        return None
+    if _CONTROL.search(value):
+        return "must not contain control characters"
+    return "must be valid UTF-8 (percent-encoded) and must not contain U+FFFD"
+
+
+# Whitespace as str.isspace() has it (what strip() removes).
+_WHITESPACE: Final = (
+    r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000"
+)
+# What a key must not contain: whitespace, control and format characters (categories Cc, Cf), and
+# lone surrogates (Cs: JSON's "\ud800" escape decodes to one, and it has no UTF-8 form). Astral
+# characters stand as themselves: `\U0001xxxx` is Python's spelling, `\u{1xxxx}` ECMA's.
+# tests/test_input_rules.py derives both classes from unicodedata and compares.
+_REFUSED_IN_A_KEY: Final = (
+    r"\u0000-\u0020\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
+    r"\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ud800-\udfff"
+    r"\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f"
+)
+# The key as sent: surrounding whitespace (trimmed), then 1 to API_KEY_MAX_LENGTH characters none
+# of which is refused.
+API_KEY_PATTERN: Final = (
+    f"^[{_WHITESPACE}]*[^{_REFUSED_IN_A_KEY}]{{1,{API_KEY_MAX_LENGTH}}}[{_WHITESPACE}]*$"
+)
+_API_KEY: Final = re.compile(API_KEY_PATTERN)
+
+
+def api_key_problem(sent: str) -> str | None:
+    """Why `sent` (before trimming) is not an acceptable API key, or None when it is."""
+    if _API_KEY.fullmatch(sent):
+        return None
+    key = sent.strip()
+    if not key:
+        return "must not be empty"
+    if len(key) > API_KEY_MAX_LENGTH:
+        return f"must be at most {API_KEY_MAX_LENGTH} characters"
+    if any(char.isspace() for char in key):
+        return "must not contain whitespace"
+    if any(unicodedata.category(char) == "Cs" for char in key):
+        return "must not contain unpaired surrogates"
+    return "must not contain control characters"

@@ -1,0 +1,170 @@
+"""Unlocking the deployment: derive the root key once and prove it is the one the data was sealed with."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keyvault.crypto.records import Keyring, RootKey, new_deployment_salt
+from keyvault.db.engine import session_scope
+from keyvault.keys import repository
+
+
+class MasterKeyMismatchError(Exception):
+    def __init__(
+        self,
+        message: str = "the master key does not match the one this database was created with; "
+        "nothing was written",
+    ) -> None:
+        super().__init__(message)
+
+
+class UnknownPreviousKeyError(MasterKeyMismatchError):
+    """A retired key this deployment never used: most likely a typo that would hide real records."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(
+            f"previous master key #{position} was never a master key of this database; "
+            "nothing was written"
+        )
+
+
+class RotationNotProvenError(MasterKeyMismatchError):
+    """A new current key whose previous keys are all retired ones: anyone who kept an old key has those."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no previous master key is the database's active master key; a rotation needs the "
+            "key it replaces in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+        )
+
+
+class RetiredMasterKeyError(MasterKeyMismatchError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the master key was retired by a rotation; to return to it, configure the database's "
+            "active master key in MASTER_ENCRYPTION_KEY_PREVIOUS; nothing was written"
+        )
+
+
+class ActiveKeyChangedError(MasterKeyMismatchError):
+    """Another process rotated between this one's reading the verifiers and its rotating."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the active master key changed while this process was starting; start it again; "
+            "nothing was written"
+        )
+
+
+async def unlock(
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    *,
+    iterations_for_new: int,
+    previous: tuple[str, ...] = (),
+) -> Keyring:
+    """The keyring for this deployment, creating its salt and verifier on first use.
+
+    One key is active: the one whose verifier is not retired. Any other current key (new, or
+    retired) is accepted only as a rotation proven by the active key being among the `previous`
+    keys, and every previous key must match a verifier. The new key then becomes the active one
+    (its verifier recorded, the replaced one retired), so later starts accept it alone and refuse
+    the retired key alone.
+
+    Two processes starting on an empty database race to insert the same row, and two rotating at
+    once race to retire the same active key; the loser's write fails (primary key, or the
+    compare-and-swap) and it tries once more against what the winner wrote.
+    """
+    try:
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
+    except (IntegrityError, ActiveKeyChangedError):
+        return await _unlock_once(sessions, master_key, iterations_for_new, previous)
+
+
+async def check_before_migration(
+    sessions: async_sessionmaker[AsyncSession], master_key: str, previous: tuple[str, ...] = ()
+) -> None:
+    """Refuse a master key this database does not know, before any migration runs; write nothing.
+
+    It applies the same rules as `unlock` on a database of any age: before the schema knew
+    retirement, every verifier is an active key.
+    """
+    async with sessions() as session:
+        deployment = await repository.get_deployment(session)
+        if deployment is None:
+            return
+        verifiers = await repository.list_verifiers(session)
+        active = await repository.active_key_ids(session)
+    root, *olds = await derive_all(
+        (master_key, *previous), deployment.kdf_salt, deployment.kdf_iterations
+    )
+    _replaced_by_rotation(root, olds, verifiers, active)
+
+
+async def derive_all(
+    master_keys: tuple[str, ...], salt: bytes, iterations: int
+) -> tuple[RootKey, ...]:
+    """PBKDF2 releases the GIL: threads derive the keys side by side and keep the loop responsive."""
+    return tuple(
+        await asyncio.gather(
+            *(asyncio.to_thread(RootKey.derive, key, salt, iterations) for key in master_keys)
+        )
+    )
+
+
+async def _unlock_once(
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: str,
+    iterations_for_new: int,
+    previous: tuple[str, ...],
+) -> Keyring:
+    async with session_scope(sessions) as session:
+        now = datetime.now(UTC)
+        deployment = await repository.get_deployment(session)
+        if deployment is None:
+            salt, iterations = new_deployment_salt(), iterations_for_new
+            await repository.create_deployment(session, salt, iterations, now)
+        else:
+            salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
+        root, *olds = await derive_all((master_key, *previous), salt, iterations)
+        verifiers = await repository.list_verifiers(session)
+        if not verifiers and not olds:
+            await repository.add_verifier(session, root.key_id, root.verifier(), now)
+            return Keyring(root)
+        active = await repository.active_key_ids(session)
+        replaced = _replaced_by_rotation(root, olds, verifiers, active)
+        if replaced is not None and not await repository.replace_active_verifier(
+            session, replaced, root.key_id, root.verifier(), now
+        ):
+            raise ActiveKeyChangedError()
+        return Keyring(root, tuple(olds))
+
+
+def _replaced_by_rotation(
+    root: RootKey, olds: list[RootKey], verifiers: dict[str, bytes], active: set[str]
+) -> str | None:
+    """None when `root` is an active key; else the active key id that a previous key proves it replaces.
+
+    Only the active key proves a rotation: a retired key is exactly what someone who kept an old
+    configuration still has, and letting it re-key the deployment would lock the operators out.
+    Every other combination raises, before anything is written.
+    """
+    for position, old in enumerate(olds, start=1):
+        if not old.matches(verifiers.get(old.key_id, b"")):
+            raise UnknownPreviousKeyError(position)
+    if root.key_id in verifiers and not root.matches(verifiers[root.key_id]):
+        raise MasterKeyMismatchError()
+    if root.key_id in active:
+        return None
+    proof = next((old.key_id for old in olds if old.key_id in active), None)
+    if proof is not None:
+        return proof
+    if root.key_id in verifiers:
+        raise RetiredMasterKeyError()
+    if olds:
+        raise RotationNotProvenError()
+    raise MasterKeyMismatchError()

@@ -1,0 +1,127 @@
+"""Reading the audit trail: `GET /audit` for auditors, and each owner's access log of their key.
+
+Both list newest first and page with an opaque cursor (the last sequence number seen), so a page
+is stable while new events keep arriving at the top.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Depends, Query
+
+from keyvault.audit import repository as audit_repository
+from keyvault.audit.events import Action, ChainedEvent, Outcome
+from keyvault.audit.query import (
+    ActorFilter,
+    Cursor,
+    Since,
+    TargetFilter,
+    Until,
+    decode_cursor,
+    encode_cursor,
+)
+from keyvault.audit.repository import EventFilter
+from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
+from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+from keyvault.web.key_routes import Session, _problems
+
+DEFAULT_PAGE: Final = 50
+MAX_PAGE: Final = 500
+
+router = APIRouter()
+
+# The owner sees their key's log with any api-key scope; others need users:any as well.
+LogReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
+
+
+@router.get(
+    "/audit",
+    response_model=AuditPage,
+    summary="Search the audit trail (scope audit:read), newest first",
+    tags=["audit"],
+    responses=_problems(401, 403, 422, 503),
+)
+async def search_audit(
+    caller: AuditReader,
+    session: Session,
+    sub: TargetFilter = None,
+    actor: ActorFilter = None,
+    action: Action | None = None,
+    outcome: Outcome | None = None,
+    since: Since = None,
+    until: Until = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> AuditPage:
+    where = EventFilter(
+        target=sub,
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        since=since,
+        until=until,
+    )
+    events, next_cursor = await _page(session, where, cursor, limit)
+    return AuditPage(
+        events=[AuditEventRead(seq=item.seq, **_fields(item)) for item in events],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get(
+    "/users/{sub:subject}/api-key/access-log",
+    response_model=AccessLogPage,
+    summary="Who used this user's API key, and when (newest first)",
+    tags=["audit"],
+    responses=_problems(401, 403, 422, 503),
+)
+async def read_access_log(
+    sub: SubjectPath,
+    caller: LogReader,
+    session: Session,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> AccessLogPage:
+    events, next_cursor = await _page(session, EventFilter(target=sub), cursor, limit)
+    return AccessLogPage(
+        events=[
+            AccessLogEntry(
+                occurred_at=item.event.occurred_at,
+                actor=item.event.actor,
+                client_id=item.event.client_id,
+                action=item.event.action,
+                outcome=item.event.outcome,
+            )
+            for item in events
+        ],
+        next_cursor=next_cursor,
+    )
+
+
+async def _page(
+    session: Session, where: EventFilter, cursor: str | None, limit: int
+) -> tuple[list[ChainedEvent], str | None]:
+    before = decode_cursor(cursor) if cursor is not None else None
+    events = await audit_repository.list_events(session, where, before, limit + 1)
+    if len(events) <= limit:
+        return events, None
+    page = events[:limit]
+    return page, encode_cursor(page[-1].seq)
+
+
+def _fields(item: ChainedEvent) -> dict[str, object]:
+    event = item.event
+    return {
+        "occurred_at": event.occurred_at,
+        "actor": event.actor,
+        "client_id": event.client_id,
+        "action": event.action,
+        "target": event.target,
+        "outcome": event.outcome,
+        "key_version": event.key_version,
+        "request_id": event.request_id,
+        "client_address": event.client_address,
+        "user_agent": event.user_agent,
+    }

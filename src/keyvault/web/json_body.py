@@ -1,0 +1,32 @@
+"""A request's JSON body, read alike by the FastAPI routes and keyvault.write_path.
+
+JSON between systems is UTF-8 (RFC 8259, section 8.1): a body in any other encoding is refused,
+not guessed at. A body that cannot be read becomes an `UnreadableBody`, which the body's model
+refuses when it is validated; on the FastAPI route that is after authentication, like every other
+invalid body, so the refusal is a 422 audited with the caller's identity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableBody:
+    """What a body that is not UTF-8 JSON reads as; `reason` names the rule, never the bytes."""
+
+    reason: str
+
+
+def read_json(body: bytes) -> Any:
+    """The body's JSON value, or an UnreadableBody."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return UnreadableBody("body is not valid UTF-8")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
+        return UnreadableBody("body is not valid JSON")

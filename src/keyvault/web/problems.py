@@ -1,0 +1,70 @@
+"""The one place errors become RFC 9457 problem+json: keyvault's `Problem`s, FastAPI's validation
+errors and Starlette's HTTP errors, each answered with fixed text and never the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keyvault.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE, InvalidRequest, Problem
+from keyvault.web.http_methods import allowed_methods
+
+# What the app's exception handler for Problem is; the short paths call it as Starlette would.
+ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def problem_response(
+    status: int, slug: str, title: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own handler echoes the rejected input back; this one names fields and rules only.
+    assert isinstance(exc, RequestValidationError)
+    # A path parameter is validated once for each dependency declaring it (the route and its
+    # access check both take `sub`): each broken rule is named once.
+    reasons = "; ".join(dict.fromkeys(_describe_validation_error(error) for error in exc.errors()))
+    return problem_response(422, InvalidRequest.slug, InvalidRequest.title, reasons)
+
+
+def _describe_validation_error(error: Any) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "json_invalid":
+        message = "body is not valid JSON"
+    return f"{location}: {message}" if location else message
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = _HTTP_TITLES.get(exc.status_code, "Error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # The router's Allow names one route's methods; the path may be served by several.
+        allowed = allowed_methods(request.app.router.routes, request.scope)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    return problem_response(exc.status_code, f"http-{exc.status_code}", title, detail, headers)
+
+
+_HTTP_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
