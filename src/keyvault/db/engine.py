@@ -187,8 +187,8 @@ class KeptDriverConnections:
     """driver_connection for the read path: up to `share` pooled connections, kept checked out
     between reads.
 
-    Checking a connection out of SQLAlchemy's pool and back in costs about 25 µs of CPU (greenlet
-    hops, pool events), a tenth of a whole read, and a checkout that has to wait for the pool costs
+    Checking a connection out of SQLAlchemy's pool and back in costs CPU (greenlet hops, pool
+    events), a noticeable part of a whole read, and a checkout that has to wait for the pool costs
     several times that (a task per wait). So a read takes a kept connection; when none is free it
     checks a new one out while fewer than `share` are held, and otherwise waits for the next one a
     read gives back (a future and a timer), for `wait_seconds` at most, then fails as the pool does
