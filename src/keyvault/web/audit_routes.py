@@ -24,7 +24,9 @@ from keyvault.audit.query import (
 from keyvault.audit.repository import EventFilter
 from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
 from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
-from keyvault.web.key_routes import Session, _problems
+from keyvault.web.key_routes import problems
+from keyvault.web.routing import SUBJECT_PATH
+from keyvault.web.state import Session
 
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
@@ -41,7 +43,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
     response_model=AuditPage,
     summary="Search the audit trail (scope audit:read), newest first",
     tags=["audit"],
-    responses=_problems(401, 403, 422, 503),
+    responses=problems(401, 403, 422, 503),
 )
 async def search_audit(
     caller: AuditReader,
@@ -71,11 +73,11 @@ async def search_audit(
 
 
 @router.get(
-    "/users/{sub:subject}/api-key/access-log",
+    SUBJECT_PATH + "/api-key/access-log",
     response_model=AccessLogPage,
     summary="Who used this user's API key, and when (newest first)",
     tags=["audit"],
-    responses=_problems(401, 403, 422, 503),
+    responses=problems(401, 403, 422, 503),
 )
 async def read_access_log(
     sub: SubjectPath,
