@@ -8,185 +8,40 @@ between runs, so timestamps are compared for presence and an ETag by its version
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.types import Message
 
-from keyvault.config import Settings
-from keyvault.crypto.records import Keyring
-from keyvault.web.app import KeyvaultApp
-from tests.audit_support import PrivateService, execute_sql, private_service, stored_events
-from tests.conftest import bearer, mint
+from tests.api.key_requests import (
+    ALICE,
+    ALICE_KEY,
+    ALICE_REPLACED,
+    ALL,
+    BAD_TOKEN,
+    LONG,
+    MALLORY,
+    NEW_KEY,
+    NO_TOKEN,
+    NOBODY,
+    NOBODY_CREATED,
+    SEEDED,
+    Expect,
+    Side,
+    json_with_etag,
+    key_status,
+    seeded,
+)
+from tests.api.key_requests import (
+    as_ as _as,
+)
+from tests.audit_support import execute_sql, stored_events
+from tests.conftest import mint
 
-ALL = "api-key:read api-key:write api-key:delete"
-ALICE, MALLORY, NOBODY = "google-oauth2|alice", "google-oauth2|mallory", "google-oauth2|nobody"
-ALICE_KEY = "sk-CANARY-alice-0123456789abcdef"
-NEW_KEY = "sk-CANARY-new-key-0123456789"
-LONG = "x" * 256
-# Differ between requests by design; compared for presence only.
-PER_REQUEST_HEADERS = frozenset({"x-request-id", "date", "content-length"})
-# On every answer (middleware.SecurityHeaders).
-EVERY_ANSWER = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
-TIMESTAMP_FIELDS = ("created_at", "updated_at")
-NO_TOKEN = {"www-authenticate": "Bearer"}
-BAD_TOKEN = {"www-authenticate": 'Bearer error="invalid_token"'}
-SEEDED = {ALICE: (ALICE_KEY, 1), MALLORY: ("sk-mallory-0123456789", 1), NOBODY: None}
-ALICE_REPLACED = {**SEEDED, ALICE: (NEW_KEY, 2)}
-NOBODY_CREATED = {**SEEDED, NOBODY: (NEW_KEY, 1)}
-Event = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Expect:
-    """An answer: a problem's `detail` (None for any other answer), the audit events, a success's
-    body, the headers beyond those on every answer, and each user's key afterwards."""
-
-    status: int
-    detail: str | None
-    events: list[Event]
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    stored: dict[str, tuple[str, int] | None] = field(default_factory=lambda: SEEDED)
-
-
-def key_status(sub: str, version: int) -> dict[str, Any]:
-    return {
-        "sub": sub,
-        "has_api_key": True,
-        "last4": "6789",
-        "created_at": "<time>",
-        "updated_at": "<time>",
-        "version": version,
-    }
-
-
-def json_with_etag(version: int) -> dict[str, str]:
-    return {"etag": f'"{version}.<created>"', "content-type": "application/json"}
-
-
-@dataclass(frozen=True)
-class Seen:
-    status: int
-    headers: dict[str, str]
-    body: Any
-    events: list[Event]
-    stored: dict[str, tuple[str, int] | None]
-
-    def assert_is(self, expected: Expect) -> None:
-        headers = {**EVERY_ANSWER, **expected.headers}
-        body = expected.body
-        if expected.detail is not None:
-            headers["content-type"] = "application/problem+json"
-            assert isinstance(self.body, dict)
-            assert (self.body["status"], self.body["detail"]) == (self.status, expected.detail)
-            body = self.body
-        assert (self.status, self.headers, self.body, self.events, self.stored) == (
-            expected.status,
-            headers,
-            body if body is not None else b"",
-            expected.events,
-            expected.stored,
-        )
-
-
-@dataclass
-class Side:
-    service: PrivateService
-
-    async def send(self, method: str, path: str, **request: Any) -> Seen:
-        before = len(await stored_events(self.service.database_url))
-        response = await self.service.client.request(method, path, **request)
-        events = (await stored_events(self.service.database_url))[before:]
-        assert "x-request-id" in response.headers
-        headers = {k: v for k, v in response.headers.items() if k not in PER_REQUEST_HEADERS}
-        if "etag" in headers:
-            headers["etag"] = _version_of(headers["etag"])
-        return Seen(
-            response.status_code,
-            headers,
-            _without_times(response.content),
-            [
-                (
-                    e.event.action,
-                    e.event.outcome,
-                    e.event.actor,
-                    e.event.target,
-                    e.event.key_version,
-                )
-                for e in events
-            ],
-            {sub: await self.stored(sub) for sub in (ALICE, MALLORY, NOBODY)},
-        )
-
-    async def stored(self, sub: str) -> tuple[str, int] | None:
-        read = await self.service.client.get(f"/users/{sub}/api-key", headers=_as(sub))
-        if read.status_code == 404:
-            return None
-        assert read.status_code == 200
-        body = read.json()
-        return body["api_key"], body["version"]
-
-    async def etag(self, sub: str) -> str:
-        read = await self.service.client.get(f"/users/{sub}/api-key/status", headers=_as(sub))
-        return read.headers["etag"]
-
-
-def _version_of(etag: str) -> str:
-    # An ETag is "<version>.<creation time in µs>" (service.etag_for): the time differs by run.
-    return re.sub(r"^(W/)?\"(\d+)\.\d+\"$", r'"\2.<created>"', etag)
-
-
-def _without_times(content: bytes) -> Any:
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return content
-    if isinstance(body, dict):
-        for name in TIMESTAMP_FIELDS:
-            if body.get(name) is not None:
-                body[name] = "<time>"
-    return body
-
-
-def _as(sub: str, scopes: str = ALL, **claims: Any) -> dict[str, str]:
-    return bearer(mint(sub, scopes, **claims))
-
-
-async def _seed(service: PrivateService) -> Side:
-    for sub, api_key in ((ALICE, ALICE_KEY), (MALLORY, "sk-mallory-0123456789")):
-        written = await service.client.put(
-            f"/users/{sub}/api-key",
-            json={"api_key": api_key},
-            headers=_as(sub, amr=["pwd", "mfa"]),  # passes any step-up policy
-        )
-        assert written.status_code == 201
-    return Side(service)
-
-
-@asynccontextmanager
-async def seeded(backend: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Side]:
-    """A service with `overrides` over a database of its own, holding Alice's and Mallory's keys."""
-    async with private_service(backend, tmp_path, **overrides) as service:
-        yield await _seed(service)
-
-
-@pytest.fixture
-async def side(
-    app: KeyvaultApp, client: httpx.AsyncClient, settings: Settings, keyring: Keyring
-) -> Side:
-    """The test's service over the run's database (its keys emptied), holding the two keys."""
-    url = settings.database_url.get_secret_value()
-    return await _seed(PrivateService(app, client, url, keyring))
-
-
+FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
 ALICE_PATH = f"/users/{ALICE}/api-key"
 NEW_BODY: dict[str, Any] = {"json": {"api_key": NEW_KEY}}
 JSON = {"Content-Type": "application/json"}
