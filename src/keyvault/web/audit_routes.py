@@ -13,16 +13,16 @@ from fastapi import APIRouter, Depends, Query
 from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import Action, ChainedEvent, Outcome
 from keyvault.audit.query import (
-    ActorFilter,
-    Cursor,
-    Since,
-    TargetFilter,
-    Until,
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    FILTER_PATTERN,
+    UtcDateTime,
     decode_cursor,
     encode_cursor,
 )
 from keyvault.audit.repository import EventFilter
 from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
+from keyvault.db.models import SUB_MAX_LENGTH
 from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
 from keyvault.web.key_routes import problems
 from keyvault.web.routing import SUBJECT_PATH
@@ -32,6 +32,36 @@ DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
 
 router = APIRouter()
+
+
+def _sub_filter(description: str) -> object:
+    return Query(
+        description=description,
+        min_length=1,
+        max_length=SUB_MAX_LENGTH,
+        pattern=FILTER_PATTERN,
+    )
+
+
+TargetFilter = Annotated[str | None, _sub_filter("Target user's `sub`.")]
+ActorFilter = Annotated[str | None, _sub_filter("Caller's `sub`.")]
+Since = Annotated[
+    UtcDateTime | None,
+    Query(alias="from", description="From this time on (inclusive); RFC 3339 with an offset."),
+]
+Until = Annotated[
+    UtcDateTime | None,
+    Query(alias="to", description="Before this time; RFC 3339 with an offset."),
+]
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page.",
+        max_length=CURSOR_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+    ),
+]
+
 
 # The owner sees their key's log with any api-key scope; others need users:any as well.
 LogReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]

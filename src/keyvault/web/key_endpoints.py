@@ -22,10 +22,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from fastapi.routing import APIRoute
 from starlette.datastructures import URL
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyvault.audit.events import Action
@@ -49,6 +51,7 @@ from keyvault.errors import (
     InvalidRequest,
     KeySetUnavailable,
     Problem,
+    ServiceUnavailable,
     Unauthorized,
 )
 from keyvault.keys import service
@@ -70,6 +73,7 @@ KEY_SUFFIX: Final = "/api-key"
 STATUS_SUFFIX: Final = "/api-key/status"
 USERS_PREFIX: Final = "/users/"
 NO_STORE: Final = {"Cache-Control": "no-store"}
+NOT_READY: Final = ServiceUnavailable("The master key has not been verified.")
 
 # The operation's own work, given the state, the scope, its receive, the sub and the audit entry.
 Work = Callable[[AppState, Scope, Receive, str, RequestAudit], Awaitable[Response]]
@@ -80,7 +84,7 @@ class Operation:
     action: Action
     access: Access
     work: Work
-    route: Any  # the documented route: its `path_format` names the request in logs and metrics
+    route: APIRoute  # the documented route: its `path_format` names the request in logs, metrics
 
 
 class KeyOperations:
@@ -90,12 +94,14 @@ class KeyOperations:
     anything, a newline included (refused as an invalid sub), and no path ends in a newline.
     """
 
-    def __init__(self, app: ASGIApp, keyvault: KeyvaultApp, documented: list[Any]) -> None:
+    def __init__(self, app: ASGIApp, keyvault: KeyvaultApp, documented: list[BaseRoute]) -> None:
         self.app = app
         self._keyvault = keyvault
         self._key: dict[str, Operation] = {}
         self._status: dict[str, Operation] = {}
         for route in documented:
+            assert isinstance(route, APIRoute)
+            assert route.methods is not None
             for method in route.methods:
                 action, access, work = SERVED[f"{method} {route.path_format}"]
                 table = self._status if route.path_format.endswith(STATUS_SUFFIX) else self._key
@@ -130,8 +136,9 @@ class KeyOperations:
             await method_not_allowed(", ".join(allowed))(scope, receive, send)
             return
         state = self._keyvault.keyvault
-        if state is None:
-            raise RuntimeError("a key operation before the app started")
+        if state is None:  # not started, or stopping
+            await problem_answer(NOT_READY)(scope, receive, send)
+            return
         scope["path_params"] = {"sub": sub}
         scope["route"] = operation.route
         audit = RequestAudit(state.audit, scope, operation.action)
