@@ -14,6 +14,7 @@ from keyvault.crypto.records import Keyring, RecordIntegrityError, SealedRecord,
 from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
 from keyvault.keys import repository
 from keyvault.keys.preconditions import Precondition
+from keyvault.keys.record_writes import RecordWrites, SessionRecordWrites
 from keyvault.keys.repository import RecordState
 from keyvault.keys.schemas import ApiKeyRead, KeyStatus
 from keyvault.observability import metrics
@@ -61,7 +62,7 @@ async def put_api_key(
     precondition: Precondition = UNCONDITIONAL,
 ) -> WriteResult:
     """Store the key in `session`'s transaction, without an audit event (seeding, imports)."""
-    records = repository.SessionRecordWrites(session)
+    records = SessionRecordWrites(session)
     return await apply_put(
         records, sub, keyring.seal(sub, api_key), last4_of(api_key), precondition
     )
@@ -81,7 +82,7 @@ async def put_api_key_audited(
 
 
 async def apply_put(
-    records: repository.RecordWrites,
+    records: RecordWrites,
     sub: str,
     sealed: SealedRecord,
     last4: str,
