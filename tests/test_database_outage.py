@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
@@ -35,8 +34,9 @@ from keyvault.db import engine as db
 from keyvault.db.batching import BatchQueue
 from keyvault.db.engine import Timeouts, create_engine, create_sessionmaker, session_scope
 from keyvault.db.migrations import upgrade_to_head
-from keyvault.web.app import create_app
+from keyvault.web.app import KeyvaultApp, create_app
 from keyvault.web.middleware import LastResortErrors
+from keyvault.web.state import state_of
 from tests.audit_support import verify
 from tests.conftest import BACKENDS, bearer, key_path, make_settings, mint
 
@@ -146,7 +146,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @dataclass
 class Served:
-    app: FastAPI
+    app: KeyvaultApp
     http: httpx.AsyncClient
 
 
@@ -339,7 +339,7 @@ async def test_refusals_during_a_freeze_answer_503_within_a_second(
     for _ in range(2):
         read = await served.http.get(key_path("alice"), headers=bearer(mint("alice", ALL)))
         assert read.status_code == 200
-    events = served.app.state.audit._group
+    events = state_of(served.app).audit._group
     refusals = [
         ("no token (401)", "GET", {}),
         ("no token on a PUT (401)", "PUT", {}),
@@ -366,7 +366,7 @@ async def test_refusals_during_a_freeze_answer_503_within_a_second(
         assert queued_elapsed < first_elapsed + QUEUED_MARGIN_SECONDS, "it waited for a batch too"
 
     await assert_serving_again(served.http)
-    assert (await verify(private_postgres.url, served.app.state.keyring)).intact
+    assert (await verify(private_postgres.url, state_of(served.app).keyring)).intact
 
 
 async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
@@ -376,7 +376,7 @@ async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
     # before use, the slowest way for a write to meet the frozen database.
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)
     headers = bearer(mint("alice", ALL))
-    writes = served.app.state.key_writes._batches
+    writes = state_of(served.app).key_writes._batches
 
     def put(api_key: str) -> Awaitable[httpx.Response]:
         return served.http.put(key_path("alice"), json={"api_key": api_key}, headers=headers)
@@ -402,7 +402,7 @@ async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
     assert read.json()["api_key"] == STORED_KEY
     assert read.json()["version"] == stored.json()["version"]
     await assert_serving_again(served.http)
-    assert (await verify(private_postgres.url, served.app.state.keyring)).intact
+    assert (await verify(private_postgres.url, state_of(served.app).keyring)).intact
 
 
 def _batch_running(batches: BatchQueue[Any, Any]) -> bool:

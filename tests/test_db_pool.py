@@ -18,6 +18,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from keyvault.crypto.records import Keyring
 from keyvault.db import engine as db
 from keyvault.web.app import create_app
+from keyvault.web.state import state_of
 from tests.conftest import POSTGRES_ADMIN_URL, _asyncpg_dsn, make_settings
 
 
@@ -105,7 +106,7 @@ async def test_configured_pool_size_is_the_request_pool_of_the_app(
     assert settings.database_pool_size == 3
     app = create_app(settings, keyring=keyring)
     async with app.router.lifespan_context(app), AsyncExitStack() as held:
-        engine: AsyncEngine = app.state.sessions.kw["bind"]
+        engine: AsyncEngine = state_of(app).sessions.kw["bind"]
         assert isinstance(engine.pool, AsyncAdaptedQueuePool)
         assert engine.pool.size() == 3
         for _ in range(3):

@@ -21,6 +21,7 @@ from keyvault.keys import service
 from keyvault.keys.preconditions import EntityTags, Precondition
 from keyvault.keys.service import WriteResult
 from keyvault.keys.writes import KeyWrites
+from keyvault.web.state import state_of
 from tests.audit_support import (
     PrivateService,
     another_instance,
@@ -60,8 +61,7 @@ async def running(backend: str, tmp_path: Path) -> AsyncIterator[PrivateService]
 
 
 def _writes(running: PrivateService) -> KeyWrites:
-    writes: KeyWrites = running.app.state.key_writes
-    return writes
+    return state_of(running.app).key_writes
 
 
 ANY = Precondition()

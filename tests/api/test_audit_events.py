@@ -9,13 +9,12 @@ from dataclasses import asdict
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from keyvault.audit.events import ChainedEvent
 from keyvault.config import Settings
 from keyvault.errors import Problem
+from keyvault.keys import service
 from keyvault.observability.logs import JsonFormatter
-from keyvault.web.key_routes import get_session
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import TokenFactory, bearer, key_path
 
@@ -328,20 +327,18 @@ class _TooManyRequests(Problem):
     status, slug, title = 429, "rate-limited", "Too many requests"
 
 
-async def test_a_rate_limit_raised_by_a_dependency_is_recorded_as_rate_limited(
-    app: FastAPI,
+async def test_a_rate_limit_raised_after_authentication_is_recorded_as_rate_limited(
     client: httpx.AsyncClient,
     token: TokenFactory,
     settings: Settings,
     unique_sub: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Where a rate limiter would sit: a dependency of the route that refuses before the service.
-    def refuse() -> None:
+    # A refusal the operation itself raises, after the caller is known.
+    async def refuse(*_args: object) -> None:
         raise _TooManyRequests("Slow down.", {"Retry-After": "1"})
 
-    # A DELETE: a GET or PUT of a key is mostly answered by keyvault.read_path or write_path,
-    # which have no dependencies.
-    app.dependency_overrides[get_session] = refuse
+    monkeypatch.setattr(service, "delete_api_key", refuse)
     response = await client.delete(key_path(unique_sub), headers=bearer(token(unique_sub, ALL)))
     assert response.status_code == 429
     event = (await _only_event(settings, unique_sub)).event

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import httpx
-from fastapi import FastAPI
 
+from keyvault.web.app import KeyvaultApp
 from tests.conftest import bearer, key_path, mint
 
 
@@ -17,14 +17,14 @@ async def test_readyz_checks_the_database_and_the_keyring(client: httpx.AsyncCli
 
 
 async def test_readyz_is_503_without_a_verified_master_key(
-    app: FastAPI, client: httpx.AsyncClient
+    app: KeyvaultApp, client: httpx.AsyncClient
 ) -> None:
-    keyring = app.state.keyring
-    app.state.keyring = None
+    # The app's state exists once the master key is verified, and only then.
+    state, app.keyvault = app.keyvault, None
     try:
         response = await client.get("/readyz")
     finally:
-        app.state.keyring = keyring
+        app.keyvault = state
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
 

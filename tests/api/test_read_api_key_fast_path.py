@@ -1,5 +1,6 @@
-"""GET /users/{sub}/api-key serialises its body itself and, on Postgres, queries the pooled asyncpg
-connection directly; what the caller sees must not differ from the ordinary path."""
+"""GET /users/{sub}/api-key: its JSON body, ETag and no-store, its 404, and (Postgres, where it
+queries the pooled asyncpg connection directly) a dropped connection answered 503 once, then
+served."""
 
 from __future__ import annotations
 

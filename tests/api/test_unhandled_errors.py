@@ -12,7 +12,7 @@ import pytest
 
 from keyvault.keys import service
 from keyvault.observability.logs import JsonFormatter
-from tests.audit_support import private_service
+from tests.audit_support import private_service, stored_events
 from tests.conftest import bearer, mint
 
 CANARY_SUB = "canary-sub-7f3a9c"
@@ -26,17 +26,18 @@ async def _internal_failure(*_args: object, **_kwargs: object) -> NoReturn:
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     formatter = JsonFormatter()
-    return [json.loads(formatter.format(record)) for record in caplog.records]
+    # Not the audit trail's lines: the failed request's audit event names its target by design.
+    return [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name != "keyvault.audit"
+    ]
 
 
 @pytest.mark.parametrize(
-    ("route", "failing", "short_paths"),
-    [
-        ("/users/{sub}/api-key", "get_api_key", True),
-        ("/users/{sub}/api-key", "get_api_key", False),
-        ("/users/{sub}/api-key/status", "get_status", True),
-    ],
-    ids=["read-short-path", "read-fastapi-route", "status"],
+    ("route", "failing"),
+    [("/users/{sub}/api-key", "get_api_key"), ("/users/{sub}/api-key/status", "get_status")],
+    ids=["read", "status"],
 )
 async def test_an_unhandled_error_logs_type_frames_and_route_template_never_the_sub(
     backend: str,
@@ -45,10 +46,9 @@ async def test_an_unhandled_error_logs_type_frames_and_route_template_never_the_
     caplog: pytest.LogCaptureFixture,
     route: str,
     failing: str,
-    short_paths: bool,
 ) -> None:
     caplog.set_level(logging.INFO, logger="keyvault")
-    async with private_service(backend, tmp_path, short_paths=short_paths) as vault:
+    async with private_service(backend, tmp_path) as vault:
         monkeypatch.setattr(service, failing, _internal_failure)
         # A service token: its own sub is not the canary, so the canary can only come from the path.
         response = await vault.client.get(
@@ -69,3 +69,40 @@ async def test_an_unhandled_error_logs_type_frames_and_route_template_never_the_
     everything = json.dumps(lines)
     assert CANARY_SUB not in everything
     assert CANARY_MESSAGE not in everything
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "failing", "action"),
+    [
+        ("GET", "", "get_api_key", "get"),
+        ("PUT", "", "put_api_key_audited", "put"),
+        ("DELETE", "", "delete_api_key", "delete"),
+        ("GET", "/status", "get_status", "status"),
+    ],
+    ids=["read", "write", "delete", "status"],
+)
+async def test_an_unhandled_error_in_a_key_operation_leaves_one_error_event_and_a_500(
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    suffix: str,
+    failing: str,
+    action: str,
+) -> None:
+    async with private_service(backend, tmp_path) as vault:
+        monkeypatch.setattr(service, failing, _internal_failure)
+        before = len(await stored_events(vault.database_url))
+        response = await vault.client.request(
+            method,
+            f"/users/{CANARY_SUB}/api-key{suffix}",
+            headers=bearer(mint(CANARY_SUB, "api-key:read api-key:write api-key:delete")),
+            json={"api_key": "sk-canary-0123456789"} if method == "PUT" else None,
+        )
+        events = (await stored_events(vault.database_url))[before:]
+
+    assert response.status_code == 500
+    assert response.json()["type"].endswith("/internal-error")
+    assert [(e.event.action, e.event.outcome, e.event.actor) for e in events] == [
+        (action, "error", CANARY_SUB)
+    ]
