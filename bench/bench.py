@@ -1,22 +1,22 @@
 """keyvault's benchmark: the service against a bare FastAPI + asyncpg ceiling, in one run.
 
-    make bench                       # or: .venv/bin/python -m tests.perf.bench [--users 2000]
+    make bench                       # or: .venv/bin/python -m bench.bench [--users 2000]
 
 What it does, all on 127.0.0.1 and all undone on exit (also on Ctrl-C or an error):
   1. creates a throw-away Postgres database, migrates it with `keyvault migrate`, and seeds N users
      through `service.put_api_key` (the service's own sealing and SQL); copies the rows into a
-     `ceiling_api_keys` table for the ceiling app (tests/perf/ceiling_app.py);
+     `ceiling_api_keys` table for the ceiling app (bench/ceiling_app.py);
   2. starts `keyvault serve` and the ceiling under uvicorn, each one worker pinned to CPU 0, and runs
      every load generator pinned to CPU 1;
-  3. closed loop (wrk + tests/perf/load.lua, random users, bearer token): max requests/s and
+  3. closed loop (wrk + bench/load.lua, random users, bearer token): max requests/s and
      latency for GET and PUT on both apps, in rounds that alternate the apps (medians reported);
-  4. open loop (tests/perf/open_loop.py, fixed rate, latency from each request's due time): GET on
+  4. open loop (bench/open_loop.py, fixed rate, latency from each request's due time): GET on
      both apps at the same rate, half the service's closed-loop maximum;
   5. restarts the service and reads every user once, then again: first read after a restart
      against a warm read;
   6. the service worker's peak RSS (VmHWM) after the load phases;
   7. with both apps stopped: the rotation rewrap rate for 100,000 records in a second throw-away
-     database (tests/perf/bench_rotation.py pinned to CPU 0), as records/s and as a ratio to one
+     database (bench/bench_rotation.py pinned to CPU 0), as records/s and as a ratio to one
      plain UPDATE of the same rows in the same run.
 Prints a table and writes bench-results/bench-<time>.json and bench-results/latest.json.
 """
@@ -59,7 +59,7 @@ from keyvault.keys import service
 from keyvault.master_keys.unlock import unlock
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parent
 LUA = HERE / "load.lua"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -207,7 +207,7 @@ def wrk(
 
 def open_loop(server: Server, mode: str, token: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "BENCH_TOKEN": token, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "tests.perf.open_loop", mode, "--port", str(server.port), *args]
+    argv = [sys.executable, "-m", "bench.open_loop", mode, "--port", str(server.port), *args]
     cpu_before = cpu_seconds(server.pid)
     result: dict[str, Any] = json.loads(pinned_load(argv, env, timeout=600))
     cpu_used = cpu_seconds(server.pid) - cpu_before
@@ -228,7 +228,7 @@ def measure_rotation(state: Run, workdir: Path) -> dict[str, Any]:
     state.databases.append(name)
     url = make_url(ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
     argv = [
-        sys.executable, "-m", "tests.perf.bench_rotation",
+        sys.executable, "-m", "bench.bench_rotation",
         "--database-url", url.render_as_string(hide_password=False),
         "--records", str(ROTATION_RECORDS), "--runs", str(ROTATION_RUNS), "--json",
     ]  # fmt: skip
@@ -248,9 +248,7 @@ def measure_rotation(state: Run, workdir: Path) -> dict[str, Any]:
         state.databases.remove(name)
     line = next(line for line in completed.stdout.splitlines() if line.startswith("BENCH_JSON "))
     result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    result["client"] = (
-        f"tests/perf/bench_rotation.py on CPU {SERVER_CPU}, median of {ROTATION_RUNS}"
-    )
+    result["client"] = f"bench/bench_rotation.py on CPU {SERVER_CPU}, median of {ROTATION_RUNS}"
     return result
 
 
@@ -397,7 +395,7 @@ def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:
             "-m",
             "uvicorn",
             "--factory",
-            "tests.perf.ceiling_app:create_app",
+            "bench.ceiling_app:create_app",
             "--app-dir",
             str(REPO),
             "--host",
@@ -562,8 +560,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         f"{rotation['rewrap_records_per_s']:,} records/s; one plain UPDATE of the same rows "
         f"{rotation['baseline_rows_per_s']:,} rows/s ({rotation['rewrap_over_baseline']}x)"
     )
-    print("load generators: wrk (closed loop, Lua script tests/perf/load.lua); "
-          "tests/perf/open_loop.py (open loop, fixed rate)")  # fmt: skip
+    print("load generators: wrk (closed loop, Lua script bench/load.lua); "
+          "bench/open_loop.py (open loop, fixed rate)")  # fmt: skip
     for target, met in targets.items():
         print(f"  [{'met' if met else 'MISSED'}] {target}")
     for r in rows:

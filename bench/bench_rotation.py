@@ -1,6 +1,6 @@
 """Benchmark: rewrap throughput of `keyvault rotate` on Postgres, against a plain-UPDATE baseline.
 
-    python -m tests.perf.bench_rotation [--records 100000] [--runs 3] [--batch-size 500]
+    python -m bench.bench_rotation [--records 100000] [--runs 3] [--batch-size 500]
 
 Creates a throw-away database on the server (KEYVAULT_BENCH_POSTGRES_URL, an admin URL; default
 the local `root` trust login), or uses the empty one given with `--database-url` (the caller then

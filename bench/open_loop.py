@@ -7,8 +7,8 @@ request i is due at start + i/rate, and its latency is measured from that due ti
 queued behind a slow answer counts. Keep-alive connections come from a bounded pool; a request
 that finds none idle waits for one (still on the clock).
 
-    BENCH_TOKEN=… python -m tests.perf.open_loop rate --port 8000 --rate 1000 --users 2000
-    BENCH_TOKEN=… python -m tests.perf.open_loop each-twice --port 8000 --users 2000
+    BENCH_TOKEN=… python -m bench.open_loop rate --port 8000 --rate 1000 --users 2000
+    BENCH_TOKEN=… python -m bench.open_loop each-twice --port 8000 --users 2000
 
 The token comes from the environment so it never shows in a process list. Prints one JSON object.
 Only talks to 127.0.0.1.
@@ -142,7 +142,7 @@ async def run_at_rate(
         if connection.transport is not None:
             connection.transport.close()
     return {
-        "client": "tests/perf/open_loop.py (fixed rate, latency from due time)",
+        "client": "bench/open_loop.py (fixed rate, latency from due time)",
         "target_rate": rate,
         "achieved_rate": len(latencies) / elapsed,
         "requests": len(latencies),

@@ -1,7 +1,7 @@
 """What auditing every read costs: GET /users/{sub}/api-key with and without the audit trail,
 against a bare FastAPI + asyncpg endpoint reading the same row, in the same run.
 
-    .venv/bin/python -m tests.perf.audit_overhead [--rounds 3] [--seconds 5] [--connections 32]
+    .venv/bin/python -m bench.audit_overhead [--rounds 3] [--seconds 5] [--connections 32]
 
 Needs Postgres (KEYVAULT_TEST_POSTGRES_URL or postgresql://root@127.0.0.1:5432/postgres) and `wrk`.
 Creates a throw-away database, starts three single-worker servers on free ports, runs wrk against
@@ -34,7 +34,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SUB = "bench-user"
 MASTER_KEY = "bench-master-key-0123456789-abcdefghijklmnop"
 JWT_SECRET = "bench-jwt-secret-0123456789-abcdefghijklmnop"

@@ -1,6 +1,6 @@
 """Benchmark: `keyvault import-seed` rows/s with worker processes against one process.
 
-    python -m tests.perf.bench_seed_import [--rows 400] [--runs 3] [--workers N]
+    python -m bench.bench_seed_import [--rows 400] [--runs 3] [--workers N]
 
 Builds a seed-format SQLite database in a temporary directory (tokens made with the seed's scheme
 at its 100,000 PBKDF2 iterations) and an empty vault beside it, then per run times a dry-run

@@ -1,7 +1,7 @@
 """CPU per request of keyvault at two or more git revisions, side by side in one run.
 
-    .venv/bin/python -m tests.perf.compare HEAD~1 HEAD            # GET, 8 rounds of 4 s
-    .venv/bin/python -m tests.perf.compare main WORKTREE --method PUT --rounds 10
+    .venv/bin/python -m bench.compare HEAD~1 HEAD            # GET, 8 rounds of 4 s
+    .venv/bin/python -m bench.compare main WORKTREE --method PUT --rounds 10
 
 How a change to the read or write path is measured: make bench compares keyvault with a ceiling, and
 run-to-run noise on a shared machine hides a change of a few percent. Here every revision serves the
@@ -24,8 +24,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from bench import bench
 from keyvault.auth.tokens import mint_token
-from tests.perf import bench
 
 WORKTREE = "WORKTREE"
 

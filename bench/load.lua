@@ -1,4 +1,4 @@
--- wrk script for tests/perf/bench.py: random seeded users, a bearer token, GET or PUT.
+-- wrk script for bench/bench.py: random seeded users, a bearer token, GET or PUT.
 -- Reads BENCH_USERS, BENCH_TOKEN, BENCH_METHOD from the environment; prints one JSON line at the end.
 local users = tonumber(os.getenv("BENCH_USERS"))
 local token = os.getenv("BENCH_TOKEN")

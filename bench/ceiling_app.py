@@ -2,9 +2,9 @@
 
 GET is one SELECT by sub, PUT is one upsert; no auth, no crypto, no ORM, no middleware. It reads and
 writes its own copy of the records table (`ceiling_api_keys`, made by the benchmark), so its writes
-never touch the service's sealed rows. Started by tests/perf/bench.py with uvicorn's factory mode:
+never touch the service's sealed rows. Started by bench/bench.py with uvicorn's factory mode:
 
-    BENCH_CEILING_DSN=postgresql://root@127.0.0.1:5432/db uvicorn --factory tests.perf.ceiling_app:create_app
+    BENCH_CEILING_DSN=postgresql://root@127.0.0.1:5432/db uvicorn --factory bench.ceiling_app:create_app
 """
 
 from __future__ import annotations
