@@ -5,7 +5,7 @@ one (its `SERVED` names the endpoint of every route declared here), and the app 
 document from these routes alongside the mounted ones (web.app.KeyvaultApp.openapi). Their
 parameters are the contract the endpoints check: the sub's rules (auth.tokens.SubjectPath), the
 body (ApiKeyWrite), the conditional headers, the bearer token and its scopes, and each refusal.
-tests/api/test_served_operations.py holds the two together.
+tests/web/test_served_operations.py holds the two together.
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ from keyvault.db.migrations import upgrade_to_head
 from keyvault.web.app import create_app
 from keyvault.web.docs import DOCS_PATH
 from tests.conftest import JWT_SECRET, MASTER_KEY
+from tests.deployment.test_installed_package import PACKAGE_SOURCES
 from tests.server import free_port, running_server
-from tests.test_installed_package import PACKAGE_SOURCES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
@@ -229,7 +229,7 @@ def test_image_sets_only_variables_keyvault_reads() -> None:
 
 
 def test_image_installs_the_package_from_what_the_wheel_test_builds_it_from() -> None:
-    """The migrations travel inside the package, which tests/test_installed_package.py runs
+    """The migrations travel inside the package, which tests/deployment/test_installed_package.py runs
     from another directory; the runtime stage needs nothing from the checkout beside it."""
     build, runtime = dockerfile_stages()[0], runtime_stage()
     copied = {source for command in build.all("COPY") for source in command.value[:-1]}

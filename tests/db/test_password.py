@@ -19,8 +19,8 @@ from sqlalchemy.engine import make_url
 
 from keyvault.config import ConfigurationError, load_settings
 from keyvault.web.app import create_app
+from tests.cli.test_cli import keyvault, service_env
 from tests.conftest import BACKENDS, POSTGRES_ADMIN_URL, make_settings
-from tests.test_cli import keyvault, service_env
 
 CANARY = "CANARY-db-password-5f0e2c"
 

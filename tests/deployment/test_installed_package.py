@@ -25,7 +25,7 @@ from tests.server import running_server, server_env
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What the wheel is built from; the image's build stage copies the same (test_deployment_files).
 PACKAGE_SOURCES = ("pyproject.toml", "README.md", "src")
 COMMAND_SECONDS = 300

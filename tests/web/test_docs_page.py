@@ -22,7 +22,7 @@ from tests.server import running_server
 pytestmark = pytest.mark.server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 SUB = "docs-demo-user"
 API_KEY = "sk-docs-0123456789abcdefWXYZ"

@@ -8,8 +8,8 @@ import pytest
 from keyvault.config import Settings
 from keyvault.crypto.records import Keyring
 from keyvault.web.app import KeyvaultApp
-from tests.api.key_requests import Side, seed
 from tests.audit_support import PrivateService
+from tests.keys.key_requests import Side, seed
 
 
 @pytest.fixture

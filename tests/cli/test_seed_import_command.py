@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_rotation_commands import _keyvault
 from tests.deployments import NEW_KEY, create_deployment, keyring_for, open_all
 from tests.seed_databases import (
     FAST_ITERATIONS,
@@ -15,7 +16,6 @@ from tests.seed_databases import (
     create_seed_database,
     drop_seed_database,
 )
-from tests.test_cli_rotation import _keyvault
 
 USERS = [
     SeedUser("alice", "sk-canary-alice-0123456789"),

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.api.key_requests import (
+from tests.audit_support import execute_sql
+from tests.conftest import bearer, mint
+from tests.keys.key_requests import (
     ALICE,
     ALICE_KEY,
     ALL,
@@ -27,8 +29,6 @@ from tests.api.key_requests import (
     json_with_etag,
     seeded,
 )
-from tests.audit_support import execute_sql
-from tests.conftest import bearer, mint
 
 FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
 

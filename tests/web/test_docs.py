@@ -13,7 +13,7 @@ from keyvault.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
 from keyvault.web.docs import ASSET_CACHE_CONTROL, STATIC_PATH
 from tests.conftest import TokenFactory, bearer, key_path
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "keyvault"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "keyvault"
 
 
 async def openapi(client: httpx.AsyncClient) -> dict[str, Any]:

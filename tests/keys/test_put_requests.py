@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from tests.api.key_requests import (
+from tests.audit_support import execute_sql, stored_events
+from tests.conftest import mint
+from tests.keys.key_requests import (
     ALICE,
     ALICE_KEY,
     ALICE_REPLACED,
@@ -35,11 +37,9 @@ from tests.api.key_requests import (
     key_status,
     seeded,
 )
-from tests.api.key_requests import (
+from tests.keys.key_requests import (
     as_ as _as,
 )
-from tests.audit_support import execute_sql, stored_events
-from tests.conftest import mint
 
 FORBIDDEN = {"www-authenticate": 'Bearer error="insufficient_scope"'}
 ALICE_PATH = f"/users/{ALICE}/api-key"
