@@ -46,6 +46,6 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The benchmark (tests/perf/bench.py): needs wrk and a local Postgres; not part of `make test`.
+# The benchmark (bench/, see bench/README.md): needs wrk and a local Postgres; not part of `make test`.
 bench: install
-	$(BIN)/python -m tests.perf.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)

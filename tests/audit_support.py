@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
 from sqlalchemy import text
 
 from keyvault.audit import repository as audit_repository
@@ -23,7 +22,7 @@ from keyvault.crypto.records import Keyring
 from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.master_keys.unlock import unlock
-from keyvault.web.app import create_app
+from keyvault.web.app import KeyvaultApp, create_app
 from tests.conftest import MASTER_KEY, dispose_database, fresh_database_url, make_settings
 
 
@@ -61,7 +60,7 @@ async def execute_sql(database_url: str, statement: str, **params: Any) -> None:
 
 @dataclass
 class PrivateService:
-    app: FastAPI
+    app: KeyvaultApp
     client: httpx.AsyncClient
     database_url: str
     keyring: Keyring
@@ -69,10 +68,9 @@ class PrivateService:
 
 @asynccontextmanager
 async def private_service(
-    backend: str, tmp_path: Path, *, short_paths: bool = True, **overrides: Any
+    backend: str, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[PrivateService]:
-    """The service over a database of its own, unlocked for real with the test master key
-    (`short_paths`: see app.create_app)."""
+    """The service over a database of its own, unlocked for real with the test master key."""
     url = await fresh_database_url(backend, tmp_path)
     try:
         await asyncio.to_thread(upgrade_to_head, url)
@@ -84,7 +82,7 @@ async def private_service(
             )
         finally:
             await engine.dispose()
-        app = create_app(settings, keyring=keyring, short_paths=short_paths)
+        app = create_app(settings, keyring=keyring)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(

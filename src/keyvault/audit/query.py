@@ -1,4 +1,4 @@
-"""The query parameters of the audit routes and the rules they are held to.
+"""The rules the audit routes hold their query parameters to (web.audit_routes declares them).
 
 Each rule is declared once and serves twice: pydantic enforces it and the OpenAPI schema states it,
 so a schema-driven client is refused nothing its schema allows. Times are RFC 3339 date-times with
@@ -14,11 +14,9 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Final
 
-from fastapi import Query
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from keyvault.db.models import SUB_MAX_LENGTH
 from keyvault.errors import InvalidRequest
 
 # The trail stores no control character in an actor or target (AuditEvent.create replaces them),
@@ -63,35 +61,6 @@ UtcDateTime = Annotated[
     BeforeValidator(_rfc3339_text),
     AfterValidator(_in_utc),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN}),
-]
-
-
-def _sub_filter(description: str) -> object:
-    return Query(
-        description=description,
-        min_length=1,
-        max_length=SUB_MAX_LENGTH,
-        pattern=FILTER_PATTERN,
-    )
-
-
-TargetFilter = Annotated[str | None, _sub_filter("Target user's `sub`.")]
-ActorFilter = Annotated[str | None, _sub_filter("Caller's `sub`.")]
-Since = Annotated[
-    UtcDateTime | None,
-    Query(alias="from", description="From this time on (inclusive); RFC 3339 with an offset."),
-]
-Until = Annotated[
-    UtcDateTime | None,
-    Query(alias="to", description="Before this time; RFC 3339 with an offset."),
-]
-Cursor = Annotated[
-    str | None,
-    Query(
-        description="`next_cursor` of the previous page.",
-        max_length=CURSOR_MAX_LENGTH,
-        pattern=CURSOR_PATTERN,
-    ),
 ]
 
 

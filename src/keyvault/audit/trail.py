@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, Final
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import (
@@ -46,17 +43,11 @@ from keyvault.db.batching import Batch, BatchQueue, fail
 from keyvault.db.engine import Timeouts, create_engine, is_database_outage
 from keyvault.errors import AuditUnavailable, Problem
 from keyvault.observability.logs import log_line
-from keyvault.web.problems import problem_response
-from keyvault.web.routing import StrictJsonRoute
 
 log = logging.getLogger("keyvault")
 audit_log = logging.getLogger("keyvault.audit")
 
 MAX_BATCH: Final = 256
-AUDIT_ACTION_ATTRIBUTE: Final = "__keyvault_audit_action__"
-
-Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
-ExceptionHandler = Callable[[Request, Exception], Any]
 
 
 def log_event(chained: ChainedEvent) -> None:
@@ -202,18 +193,23 @@ async def verify_stored_chain(executor: Executor, keyring: Keyring) -> Verificat
 
 
 class RequestAudit:
-    """The audit entry of one request to an audited route: who, what, where; then the outcome."""
+    """The audit entry of one request to a key operation: who, what, where; then the outcome.
 
-    def __init__(self, trail: AuditTrail, request: Request, action: Action) -> None:
+    It reads the request from its ASGI scope: `path_params["sub"]` is the target, and the state's
+    `principal` (once authenticated) the actor.
+    """
+
+    __slots__ = ("_action", "_pending", "_scope", "_trail", "recorded")
+
+    def __init__(self, trail: AuditTrail, scope: MutableMapping[str, Any], action: Action) -> None:
         self._trail = trail
-        self._request = request
+        self._scope = scope
         self._action = action
         self._pending: asyncio.Future[ChainedEvent] | None = None
         self.recorded = False
 
     def succeeded(self, *, key_version: int | None) -> None:
-        """A read: its event goes to the group commit now, and `get_request_audit` waits for that
-        commit before the response can leave (after the request's session let its connection go)."""
+        """A read: its event goes to the group commit now; `settled` waits for that commit."""
         self._pending = self._trail.record_soon(self._event(Outcome.ok, key_version))
         self.recorded = True
 
@@ -234,21 +230,13 @@ class RequestAudit:
         self.recorded = True
 
     async def failed(self, error: Exception) -> None:
-        if isinstance(error, Problem):
-            outcome = outcome_for_status(error.status)
-        elif isinstance(error, StarletteHTTPException):
-            outcome = outcome_for_status(error.status_code)
-        elif isinstance(error, RequestValidationError):
-            outcome = Outcome.invalid_request
-        else:
-            outcome = Outcome.error
-        await self._trail.record(self._event(outcome, None))
+        """The request ends without success: a refusal (a `Problem`) or an error."""
+        outcome = outcome_for_status(error.status) if isinstance(error, Problem) else Outcome.error
         self.recorded = True
+        await self._trail.record(self._event(outcome, None))
 
     def _event(self, outcome: Outcome, key_version: int | None) -> AuditEvent:
-        # Straight from the ASGI scope (what request.state, .client and .headers wrap): this runs
-        # for every read.
-        scope = self._request.scope
+        scope = self._scope
         state = scope.get("state", {})
         principal = state.get("principal")
         client = scope.get("client")
@@ -267,84 +255,3 @@ class RequestAudit:
             client_address=client[0] if client else None,
             user_agent=user_agent,
         )
-
-
-def audited(action: Action) -> Callable[[Endpoint], Endpoint]:
-    """Mark an endpoint as an operation on a key: `AuditedRoute` then records every outcome."""
-
-    def mark(endpoint: Endpoint) -> Endpoint:
-        setattr(endpoint, AUDIT_ACTION_ATTRIBUTE, action)
-        return endpoint
-
-    return mark
-
-
-def install_audit_recording(app: FastAPI) -> None:
-    """Record the refusals and failures of audited routes on their way to becoming problem+json.
-
-    A refused token (401), a missing scope (403), a failed precondition (412), a rate limit (429),
-    a missing key (404) or invalid input (422) is raised as an exception by a dependency or the
-    service. Recording it here, in the exception handlers, is the one place that sees them all, and
-    it runs after the request's session has rolled back: the event never waits on, or joins, a
-    transaction that is being abandoned (on SQLite that transaction may hold the write lock). When
-    the event cannot be stored, the answer is 503 instead.
-    """
-    for exception_class, handler in list(app.exception_handlers.items()):
-        app.exception_handlers[exception_class] = _recording(handler)
-
-
-def _recording(handler: ExceptionHandler) -> ExceptionHandler:
-    async def record_then_handle(request: Request, error: Exception) -> Response:
-        audit: RequestAudit | None = getattr(request.state, "audit", None)
-        if audit is not None and not audit.recorded and not isinstance(error, AuditUnavailable):
-            try:
-                await audit.failed(error)
-            except AuditUnavailable as unavailable:
-                return problem_response(
-                    unavailable.status,
-                    unavailable.slug,
-                    unavailable.title,
-                    unavailable.detail,
-                    unavailable.headers,
-                )
-        return await handler(request, error)  # type: ignore[no-any-return]
-
-    return record_then_handle
-
-
-async def get_request_audit(request: Request) -> AsyncIterator[RequestAudit]:
-    """The request's audit entry. Used with scope="function" and declared before the session, its
-    teardown runs after the session's and before the response is sent: a read's key never leaves
-    before its event is committed, and the read's connection is not held while it waits."""
-    audit: RequestAudit = request.state.audit
-    try:
-        yield audit
-    finally:
-        await audit.settled()
-
-
-class AuditedRoute(StrictJsonRoute):
-    """Routes of endpoints marked `@audited`: every request leaves exactly one event.
-
-    Success is recorded by the endpoint (it knows the key version and, for a mutation, the session);
-    an endpoint that returns without recording fails closed. Everything that ends a request early is
-    recorded by `install_audit_recording`'s exception handlers instead.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        action: Action | None = getattr(self.endpoint, AUDIT_ACTION_ATTRIBUTE, None)
-        if action is None:
-            return handler
-        path = self.path
-
-        async def audited_handler(request: Request) -> Response:
-            audit = RequestAudit(request.app.state.audit, request, action)
-            request.state.audit = audit
-            response = await handler(request)
-            if not audit.recorded:
-                log.error("%s returned without recording its audit event", path)
-                raise AuditUnavailable()
-            return response
-
-        return audited_handler

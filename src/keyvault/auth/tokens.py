@@ -33,7 +33,6 @@ from keyvault.errors import (
     Forbidden,
     InsufficientUserAuthentication,
     KeySetUnavailable,
-    Problem,
     Unauthorized,
 )
 from keyvault.keys.input_rules import SUB_MAX_LENGTH, SUB_PATTERN, sub_problem
@@ -168,11 +167,6 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     )
 
 
-def valid_subject(value: str) -> bool:
-    """What SubjectPath admits (see keyvault.input_rules)."""
-    return sub_problem(value) is None
-
-
 def _acceptable_subject(value: str) -> str:
     problem = sub_problem(value)
     if problem is not None:
@@ -221,7 +215,7 @@ async def authenticate(
         request.state.reason = unavailable.reason
         raise
     request.state.actor = principal.sub  # for the request's log line
-    await request.app.state.rate_limiter.enforce_for_principal(
+    await request.app.keyvault.rate_limiter.enforce_for_principal(
         principal.sub, service=is_service(principal)
     )
     return principal
@@ -235,7 +229,7 @@ def is_service(principal: Principal) -> bool:
 async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     if credentials is None:
         raise Unauthorized("A bearer token is required.", error=None, reason="missing")
-    verifier: TokenVerifier = request.app.state.token_verifier
+    verifier: TokenVerifier = request.app.keyvault.token_verifier
     principal = await verifier.verify(credentials.credentials)
     request.state.principal = principal  # the audit trail names the actor, even of a refusal
     return principal
@@ -277,31 +271,12 @@ def check_access(
         )
 
 
-async def permitted_caller(
-    state: Any, authorization: str | None, sub: str, access: Access
-) -> Principal | None:
-    """The caller, when the request's bearer token verifies and `access` to `sub` is allowed, as
-    the route's dependencies would find; None otherwise. Counts nothing and records nothing: the
-    short paths (keyvault.read_path, keyvault.write_path) use it to decide whether to answer, and
-    leave every refusal to the FastAPI route. `state` is the app's state."""
-    token = bearer_token(authorization)
-    if token is None or not valid_subject(sub):
-        return None
-    verifier: TokenVerifier = state.token_verifier
-    try:
-        principal = await verifier.verify(token)
-        check_access(principal, sub, access, state.step_up, now=time.time())
-    except Problem:  # any refusal is the FastAPI route's to give, and to count
-        return None
-    return principal
-
-
 def require(access: Access) -> Callable[..., Awaitable[Principal]]:
     """A dependency admitting callers with `access` to the path's `sub` (see check_access)."""
 
     async def check(request: Request, sub: SubjectPath, caller: Caller) -> Principal:
         try:
-            check_access(caller, sub, access, request.app.state.step_up, now=time.time())
+            check_access(caller, sub, access, request.app.keyvault.step_up, now=time.time())
         except Forbidden as forbidden:
             _refuse(request, forbidden)
         except InsufficientUserAuthentication:
@@ -331,13 +306,13 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-# READ_ACCESS and WRITE_ACCESS are also what keyvault.read_path and keyvault.write_path check on
-# their short paths for the same routes.
+# What each key operation asks of its caller (web.key_endpoints checks them).
 READ_ACCESS: Final = Access((Scope.read,), step_up="read")
 KeyReader = Annotated[Principal, Depends(require(READ_ACCESS))]
 WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
 KeyWriter = Annotated[Principal, Depends(require(WRITE_ACCESS))]
-KeyDeleter = Annotated[Principal, Depends(require(Access((Scope.delete,), step_up="delete")))]
+DELETE_ACCESS: Final = Access((Scope.delete,), step_up="delete")
+KeyDeleter = Annotated[Principal, Depends(require(DELETE_ACCESS))]
 AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
 # Seeing whether a key exists, or who used it, takes any of the three key scopes.
 ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))

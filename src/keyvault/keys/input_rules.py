@@ -41,7 +41,7 @@ _WHITESPACE: Final = (
 # What a key must not contain: whitespace, control and format characters (categories Cc, Cf), and
 # lone surrogates (Cs: JSON's "\ud800" escape decodes to one, and it has no UTF-8 form). Astral
 # characters stand as themselves: `\U0001xxxx` is Python's spelling, `\u{1xxxx}` ECMA's.
-# tests/test_input_rules.py derives both classes from unicodedata and compares.
+# tests/keys/test_input_rules.py derives both classes from unicodedata and compares.
 _REFUSED_IN_A_KEY: Final = (
     r"\u0000-\u0020\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
     r"\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ud800-\udfff"

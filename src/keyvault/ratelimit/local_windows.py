@@ -2,7 +2,7 @@
 
 `limits`' own async memory storage starts a task to expire old keys on every hit, twice per request
 with a per-address and a per-principal budget: a large share of a key read's own CPU time. This is
-the same algorithm — and the same answers, checked against `limits` in tests/test_local_windows.py —
+the same algorithm — and the same answers, checked against `limits` in tests/ratelimit/test_local_windows.py —
 over a plain dict: each key holds its current fixed window's count and the previous one's, and a hit
 is admitted while
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.openapi.utils import get_openapi
 from starlette.middleware import Middleware
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
-from keyvault.audit.trail import AuditTrail, install_audit_recording
+from keyvault.audit.trail import AuditTrail
 from keyvault.auth.jwks import JwksCache
 from keyvault.auth.stepup import StepUpPolicy
 from keyvault.auth.tokens import TokenVerifier
@@ -26,15 +27,14 @@ from keyvault.master_keys import rotation
 from keyvault.master_keys.unlock import unlock
 from keyvault.observability import metrics
 from keyvault.ratelimit.limiter import AddressRateLimit, RateLimiter
-from keyvault.web import audit_routes as audit_api
-from keyvault.web import key_routes as api
+from keyvault.web import audit_routes, health_routes, key_routes
 from keyvault.web.docs import install_docs
 from keyvault.web.http_methods import HeadAsGet
+from keyvault.web.key_endpoints import KeyOperations
 from keyvault.web.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
 from keyvault.web.problems import install_error_handlers
-from keyvault.web.read_path import ReadPath
+from keyvault.web.state import AppState
 from keyvault.web.telemetry import RequestTelemetry
-from keyvault.web.write_path import WritePath
 
 log = logging.getLogger("keyvault")
 
@@ -58,70 +58,95 @@ def create_served_app() -> KeyvaultApp:
 
 
 class KeyvaultApp(FastAPI):
-    """The FastAPI app, with the key read's short path (keyvault.read_path) in front of it; the
-    key write's (keyvault.write_path) is its innermost middleware."""
+    """The FastAPI app, whose key operations are served by web.key_endpoints.
 
-    read_path: ReadPath | None = None
+    `keyvault` is the running service's state, from the lifespan's start until its end. The key
+    routes are declared (web.key_routes) but not mounted: KeyOperations, in the router's place at
+    the bottom of the middleware stack, serves them, and `openapi()` documents them with the
+    mounted routes, in the order the paths are listed.
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.read_path is None or not await self.read_path.serve(scope, receive, send):
-            await super().__call__(scope, receive, send)
+    keyvault: AppState | None = None
+    documented: list[BaseRoute]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # The innermost user middleware: only what it hands on meets FastAPI's exception
+        # middleware and router.
+        self.user_middleware.append(
+            Middleware(KeyOperations, keyvault=self, documented=key_routes.router.routes)
+        )
+        try:
+            return super().build_middleware_stack()
+        finally:
+            self.user_middleware.pop()
+
+    def openapi(self) -> dict[str, Any]:
+        if not self.openapi_schema:
+            self.openapi_schema = get_openapi(
+                title=self.title,
+                version=self.version,
+                openapi_version=self.openapi_version,
+                description=self.description,
+                routes=self.documented,
+            )
+        return self.openapi_schema
 
 
 def create_app(
     settings: Settings | None = None,
     keyring: Keyring | None = None,
     *,
-    short_paths: bool = True,
     freeze_startup_objects: bool = False,
 ) -> KeyvaultApp:
     """The service. `keyring` lets tests skip re-deriving the root key for every app they build;
-    `short_paths=False` sends every read and write through FastAPI, for tests comparing the two;
     `freeze_startup_objects` is for a server process (see create_served_app)."""
     settings = settings or get_settings()
     rate_limiter = RateLimiter.from_settings(settings)
 
+    step_up = StepUpPolicy.from_settings(settings)
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: KeyvaultApp) -> AsyncIterator[None]:
         timeouts = settings.database_timeouts()
         engine = create_engine(
             settings.database_url.get_secret_value(),
             timeouts,
             pool_size=settings.database_pool_size,
         )
-        app.state.sessions = create_sessionmaker(engine)
-        app.state.record_counts = metrics.RecordCounts(app.state.sessions)
-        app.state.record_reader = RecordReader(
-            engine,
-            app.state.sessions,
-            settings.database_pool_size,
-            timeouts.pool,
-        )
+        sessions = create_sessionmaker(engine)
+        reader = RecordReader(engine, sessions, settings.database_pool_size, timeouts.pool)
         jwks = (
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
-        app.state.token_verifier = TokenVerifier(settings, jwks)
-        app.state.audit = AuditTrail(
-            settings.database_url.get_secret_value(), timeouts, lambda: app.state.keyring
+        unlocked = keyring
+        audit = AuditTrail(
+            settings.database_url.get_secret_value(), timeouts, lambda: _unlocked(unlocked)
         )
-        app.state.key_writes = KeyWrites(engine, app.state.sessions, app.state.audit)
+        writes = KeyWrites(engine, sessions, audit)
         try:
-            if keyring is None:
-                app.state.keyring = await unlock(
-                    app.state.sessions,
+            if unlocked is None:
+                unlocked = await unlock(
+                    sessions,
                     settings.master_key(),
                     iterations_for_new=settings.kdf_iterations,
                     previous=settings.previous_master_keys(),
                 )
                 log.info(
                     "master key verified",
-                    extra={
-                        "event": "master_key_verified",
-                        "key_id": app.state.keyring.current.key_id,
-                    },
+                    extra={"event": "master_key_verified", "key_id": unlocked.current.key_id},
                 )
-            else:
-                app.state.keyring = keyring
+            app.keyvault = AppState(
+                sessions=sessions,
+                record_reader=reader,
+                record_counts=metrics.RecordCounts(sessions),
+                keyring=unlocked,
+                audit=audit,
+                key_writes=writes,
+                token_verifier=TokenVerifier(settings, jwks),
+                rate_limiter=rate_limiter,
+                step_up=step_up,
+                metrics_token=settings.metrics_token,
+            )
             log.info(
                 "keyvault started",
                 extra={
@@ -133,26 +158,25 @@ def create_app(
                     "metrics_token": settings.metrics_token is not None,
                 },
             )
-            await rotation.log_unconfigured_key_ids(app.state.sessions, app.state.keyring)
+            await rotation.log_unconfigured_key_ids(sessions, unlocked)
             if freeze_startup_objects:
                 # What start-up made (modules, schemas, the ORM, the keyring) lives as long as the
-                # process; frozen, the collector never walks it again. Unfrozen, each full
-                # collection walked it all and stopped the event loop for 100 ms and more, the
-                # slowest 1% of reads (README, Performance).
+                # process; frozen, the collector never walks it again, where each full collection
+                # would stop the event loop long enough to be the slowest reads.
                 gc.collect()
                 gc.freeze()
                 # A read makes a few hundred short-lived objects: collecting the youngest generation
-                # after 700 allocations (the default) walked each request's live objects several
-                # times over, and promoted them for the older generations to walk again. Every
-                # 10,000 costs 2-3% less CPU per read (README, Performance). The older generations
-                # keep their default ratios: each is collected after 10 collections of the one below.
+                # after the default 700 allocations would walk each request's live objects several
+                # times over, and promote them for the older generations to walk again. The older
+                # generations keep their default ratios.
                 gc.set_threshold(10_000, 10, 10)
             yield
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
-            await app.state.key_writes.aclose()
-            await app.state.record_reader.aclose()
-            await app.state.audit.aclose()
+            app.keyvault = None
+            await writes.aclose()
+            await reader.aclose()
+            await audit.aclose()
             await rate_limiter.aclose()
             if jwks is not None:
                 await jwks.aclose()
@@ -160,7 +184,7 @@ def create_app(
 
     # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
     # RequestId so its log line carries the request id; HeadAsGet inside it, so that line says HEAD.
-    # ReadPath wraps its endpoint in these too; WritePath goes inside them all.
+    # The key operations are served inside them all (KeyvaultApp.build_middleware_stack).
     edge = [
         Middleware(RequestId),
         Middleware(RequestTelemetry),
@@ -170,7 +194,6 @@ def create_app(
         Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
         Middleware(LastResortErrors),
     ]
-    write_path = [Middleware(WritePath, route=_route_of(api.put_api_key))] if short_paths else []
     # docs_url/redoc_url None: FastAPI's own pages load from CDNs; docs.py serves /docs locally.
     app = KeyvaultApp(
         title="keyvault",
@@ -179,25 +202,18 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        middleware=[*edge, *write_path],
+        middleware=edge,
     )
-    app.state.rate_limiter = rate_limiter
-    app.state.metrics_token = settings.metrics_token
-    app.state.step_up = StepUpPolicy.from_settings(settings)
-    # Before api.router: the access-log path must be matched by its own route, never read as a sub.
-    app.include_router(audit_api.router)
-    app.include_router(api.router)
-    app.include_router(metrics.router)
+    app.include_router(audit_routes.router)
+    # The key operations are documented after the audit trail's paths, as they are listed.
+    split = len(app.routes)
+    app.include_router(health_routes.router)
     install_docs(app)
     install_error_handlers(app)
-    install_audit_recording(app)
-    app.read_path = ReadPath(app, _route_of(api.read_api_key), edge) if short_paths else None
+    app.documented = [*app.routes[:split], *key_routes.router.routes, *app.routes[split:]]
     return app
 
 
-def _route_of(endpoint: Callable[..., Any]) -> APIRoute:
-    return next(
-        route
-        for route in api.router.routes
-        if isinstance(route, APIRoute) and route.endpoint is endpoint
-    )
+def _unlocked(keyring: Keyring | None) -> Keyring:
+    assert keyring is not None, "the audit trail records nothing before the keyring is unlocked"
+    return keyring

@@ -13,23 +13,55 @@ from fastapi import APIRouter, Depends, Query
 from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import Action, ChainedEvent, Outcome
 from keyvault.audit.query import (
-    ActorFilter,
-    Cursor,
-    Since,
-    TargetFilter,
-    Until,
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    FILTER_PATTERN,
+    UtcDateTime,
     decode_cursor,
     encode_cursor,
 )
 from keyvault.audit.repository import EventFilter
 from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
+from keyvault.db.models import SUB_MAX_LENGTH
 from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
-from keyvault.web.key_routes import Session, _problems
+from keyvault.web.key_routes import problems
+from keyvault.web.routing import SUBJECT_PATH
+from keyvault.web.state import Session
 
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
 
 router = APIRouter()
+
+
+def _sub_filter(description: str) -> object:
+    return Query(
+        description=description,
+        min_length=1,
+        max_length=SUB_MAX_LENGTH,
+        pattern=FILTER_PATTERN,
+    )
+
+
+TargetFilter = Annotated[str | None, _sub_filter("Target user's `sub`.")]
+ActorFilter = Annotated[str | None, _sub_filter("Caller's `sub`.")]
+Since = Annotated[
+    UtcDateTime | None,
+    Query(alias="from", description="From this time on (inclusive); RFC 3339 with an offset."),
+]
+Until = Annotated[
+    UtcDateTime | None,
+    Query(alias="to", description="Before this time; RFC 3339 with an offset."),
+]
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="`next_cursor` of the previous page.",
+        max_length=CURSOR_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+    ),
+]
+
 
 # The owner sees their key's log with any api-key scope; others need users:any as well.
 LogReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
@@ -41,7 +73,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page.")]
     response_model=AuditPage,
     summary="Search the audit trail (scope audit:read), newest first",
     tags=["audit"],
-    responses=_problems(401, 403, 422, 503),
+    responses=problems(401, 403, 422, 503),
 )
 async def search_audit(
     caller: AuditReader,
@@ -71,11 +103,11 @@ async def search_audit(
 
 
 @router.get(
-    "/users/{sub:subject}/api-key/access-log",
+    SUBJECT_PATH + "/api-key/access-log",
     response_model=AccessLogPage,
     summary="Who used this user's API key, and when (newest first)",
     tags=["audit"],
-    responses=_problems(401, 403, 422, 503),
+    responses=problems(401, 403, 422, 503),
 )
 async def read_access_log(
     sub: SubjectPath,

@@ -1,9 +1,9 @@
-"""A request's JSON body, read alike by the FastAPI routes and keyvault.write_path.
+"""A request's JSON body, read as a PUT of a key reads it (web.key_bodies).
 
 JSON between systems is UTF-8 (RFC 8259, section 8.1): a body in any other encoding is refused,
 not guessed at. A body that cannot be read becomes an `UnreadableBody`, which the body's model
-refuses when it is validated; on the FastAPI route that is after authentication, like every other
-invalid body, so the refusal is a 422 audited with the caller's identity.
+refuses when it is validated, after authentication like every other invalid body, so the refusal
+is a 422 audited with the caller's identity.
 """
 
 from __future__ import annotations

@@ -4,19 +4,16 @@ errors and Starlette's HTTP errors, each answered with fixed text and never the 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyvault.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE, InvalidRequest, Problem
 from keyvault.web.http_methods import allowed_methods
-
-# What the app's exception handler for Problem is; the short paths call it as Starlette would.
-ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def problem_response(
@@ -26,9 +23,23 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def problem_answer(problem: Problem) -> JSONResponse:
+    """A domain refusal's answer: its status, fixed title and detail, and its headers."""
+    return problem_response(
+        problem.status, problem.slug, problem.title, problem.detail, problem.headers
+    )
+
+
+def method_not_allowed(allow: str) -> JSONResponse:
+    """405, with `Allow` naming every method the path serves."""
+    return problem_response(
+        405, "http-405", _HTTP_TITLES[405], "Method Not Allowed", {"Allow": allow}
+    )
+
+
 async def _on_problem(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return problem_response(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
+    return problem_answer(exc)
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -36,12 +47,18 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, RequestValidationError)
     # A path parameter is validated once for each dependency declaring it (the route and its
     # access check both take `sub`): each broken rule is named once.
-    reasons = "; ".join(dict.fromkeys(_describe_validation_error(error) for error in exc.errors()))
+    reasons = "; ".join(validation_reasons(exc.errors(), ()))
     return problem_response(422, InvalidRequest.slug, InvalidRequest.title, reasons)
 
 
-def _describe_validation_error(error: Any) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+def validation_reasons(errors: Iterable[Any], prefix: tuple[str, ...]) -> list[str]:
+    """Each broken rule once, as `location: message` (a body's own fields without `body.`)."""
+    return list(dict.fromkeys(_describe_validation_error(error, prefix) for error in errors))
+
+
+def _describe_validation_error(error: Any, prefix: tuple[str, ...]) -> str:
+    loc = (*prefix, *error.get("loc", ()))
+    location = ".".join(str(part) for part in loc if part != "body")
     message = str(error.get("msg", "invalid value"))
     if error.get("type") == "json_invalid":
         message = "body is not valid JSON"

@@ -1,0 +1,291 @@
+"""The key operations, served: one lean ASGI endpoint per operation, and the matcher in front of
+FastAPI's router that sends each request on a key path to its endpoint.
+
+Other services read a key before every call they make to a provider, so these requests are the
+product's speed, and FastAPI's per-request routing, `Request` objects and dependency injection
+would cost more CPU than the operation itself. Each endpoint walks the steps of the operation
+documented in keyvault.web.key_routes, in the order the contract gives them:
+
+    audit entry → bearer token verified (401) → principal rate limit (429) → sub rules (422)
+    → access for the sub (403) → body, for a PUT (413 is the middleware's, 422) → preconditions
+    (422, 412) → the service → the response
+
+Every refusal is a `Problem`, answered by web.problems and audited with its outcome; anything else
+that goes wrong is audited as an `error` and left to middleware.LastResortErrors (500, or 503 for
+a database outage, which the trail on the same database could not record either).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from fastapi.routing import APIRoute
+from starlette.datastructures import URL
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from keyvault.audit.events import Action
+from keyvault.audit.trail import RequestAudit
+from keyvault.auth.tokens import (
+    ANY_KEY_ACCESS,
+    DELETE_ACCESS,
+    READ_ACCESS,
+    WRITE_ACCESS,
+    Access,
+    Principal,
+    bearer_token,
+    check_access,
+    is_service,
+)
+from keyvault.db.engine import is_database_outage, session_scope
+from keyvault.errors import (
+    AuditUnavailable,
+    Forbidden,
+    InsufficientUserAuthentication,
+    InvalidRequest,
+    KeySetUnavailable,
+    Problem,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from keyvault.keys import service
+from keyvault.keys.input_rules import sub_problem
+from keyvault.keys.preconditions import precondition_of
+from keyvault.keys.schemas import ApiKeyRead
+from keyvault.keys.service import WriteResult
+from keyvault.observability import metrics
+from keyvault.web.key_bodies import body_reasons, read_key_write, sub_reasons
+from keyvault.web.problems import method_not_allowed, problem_answer
+from keyvault.web.state import AppState
+
+if TYPE_CHECKING:
+    from keyvault.web.app import KeyvaultApp
+
+log = logging.getLogger("keyvault")
+
+KEY_SUFFIX: Final = "/api-key"
+STATUS_SUFFIX: Final = "/api-key/status"
+USERS_PREFIX: Final = "/users/"
+NO_STORE: Final = {"Cache-Control": "no-store"}
+NOT_READY: Final = ServiceUnavailable("The master key has not been verified.")
+
+# The operation's own work, given the state, the scope, its receive, the sub and the audit entry.
+Work = Callable[[AppState, Scope, Receive, str, RequestAudit], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    action: Action
+    access: Access
+    work: Work
+    route: APIRoute  # the documented route: its `path_format` names the request in logs, metrics
+
+
+class KeyOperations:
+    """Sits where FastAPI's router is: serves the key paths' operations, hands the rest on.
+
+    A path is a key path as `/users/{sub:subject}/api-key` (web.routing) matches it: the sub is
+    anything, a newline included (refused as an invalid sub), and no path ends in a newline.
+    """
+
+    def __init__(self, app: ASGIApp, keyvault: KeyvaultApp, documented: list[BaseRoute]) -> None:
+        self.app = app
+        self._keyvault = keyvault
+        self._key: dict[str, Operation] = {}
+        self._status: dict[str, Operation] = {}
+        for route in documented:
+            assert isinstance(route, APIRoute)
+            assert route.methods is not None
+            for method in route.methods:
+                action, access, work = SERVED[f"{method} {route.path_format}"]
+                table = self._status if route.path_format.endswith(STATUS_SUFFIX) else self._key
+                table[method] = Operation(action, access, work, route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith(USERS_PREFIX):
+            if path.endswith(KEY_SUFFIX) and len(path) >= len(USERS_PREFIX) + len(KEY_SUFFIX):
+                sub = path[len(USERS_PREFIX) : -len(KEY_SUFFIX)]
+                await self._serve(self._key, sub, scope, receive, send)
+                return
+            if path.endswith(STATUS_SUFFIX) and len(path) >= len(USERS_PREFIX) + len(STATUS_SUFFIX):
+                sub = path[len(USERS_PREFIX) : -len(STATUS_SUFFIX)]
+                await self._serve(self._status, sub, scope, receive, send)
+                return
+            stripped = path.rstrip("/")
+            if stripped != path and stripped.endswith((KEY_SUFFIX, STATUS_SUFFIX)):
+                # As Starlette's router redirects a path that matches only without its slash.
+                await RedirectResponse(str(URL(scope={**scope, "path": stripped})))(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, operations: dict[str, Operation], sub: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        operation = operations.get(scope["method"])
+        if operation is None:
+            allowed = ["GET", "HEAD", *(m for m in ("PUT", "DELETE") if m in operations)]
+            await method_not_allowed(", ".join(allowed))(scope, receive, send)
+            return
+        state = self._keyvault.keyvault
+        if state is None:  # not started, or stopping
+            await problem_answer(NOT_READY)(scope, receive, send)
+            return
+        scope["path_params"] = {"sub": sub}
+        scope["route"] = operation.route
+        audit = RequestAudit(state.audit, scope, operation.action)
+        try:
+            principal = await _authenticate(state, scope)
+            if sub_problem(sub) is not None:
+                reasons = sub_reasons(sub)
+                if operation.action is Action.put:  # its body's reasons too, as one refusal
+                    reasons += await body_reasons(scope, receive)
+                raise InvalidRequest("; ".join(dict.fromkeys(reasons)))
+            _check_access(state, scope, principal, sub, operation.access)
+            response = await operation.work(state, scope, receive, sub, audit)
+            if not audit.recorded:
+                log.error("%s returned without recording its audit event", operation.route.path)
+                raise AuditUnavailable()
+        except Problem as problem:
+            response = await _refusal(audit, problem)
+        except Exception as error:
+            if not audit.recorded and not is_database_outage(error):
+                with contextlib.suppress(AuditUnavailable):
+                    await audit.failed(error)
+            raise
+        await response(scope, receive, send)
+
+
+async def _refusal(audit: RequestAudit, problem: Problem) -> Response:
+    """The refusal's answer, once its audit event is committed (503 when it cannot be)."""
+    if not audit.recorded and not isinstance(problem, AuditUnavailable):
+        try:
+            await audit.failed(problem)
+        except AuditUnavailable as unavailable:
+            problem = unavailable
+    return problem_answer(problem)
+
+
+async def _authenticate(state: AppState, scope: Scope) -> Principal:
+    """The caller, its token verified once; their rate limit spent. Leaves `principal`, `actor` and
+    (when refused) `reason` on the scope's state, for the audit event and the log line."""
+    request_state = scope["state"]
+    authorization = next(
+        (value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"),
+        None,
+    )
+    try:
+        token = bearer_token(authorization)
+        if token is None:
+            raise Unauthorized("A bearer token is required.", error=None, reason="missing")
+        principal = await state.token_verifier.verify(token)
+    except Unauthorized as failure:
+        metrics.AUTH_FAILURES.labels(failure.reason).inc()
+        request_state["reason"] = failure.reason
+        raise
+    except KeySetUnavailable as unavailable:
+        request_state["reason"] = unavailable.reason
+        raise
+    request_state["principal"] = principal
+    request_state["actor"] = principal.sub
+    await state.rate_limiter.enforce_for_principal(principal.sub, service=is_service(principal))
+    return principal
+
+
+def _check_access(
+    state: AppState, scope: Scope, principal: Principal, sub: str, access: Access
+) -> None:
+    try:
+        check_access(principal, sub, access, state.step_up, now=time.time())
+    except Forbidden as forbidden:
+        metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
+        scope["state"]["reason"] = forbidden.reason
+        raise
+    except InsufficientUserAuthentication:
+        scope["state"]["reason"] = "step_up"
+        raise
+
+
+async def read_api_key(
+    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+) -> Response:
+    body, etag = await service.get_api_key(state.record_reader, state.keyring, sub)
+    audit.succeeded(key_version=body.version)
+    await audit.settled()  # the key never leaves before its event is committed
+    return key_response(body, etag)
+
+
+def key_response(body: ApiKeyRead, etag: str) -> Response:
+    # Serialised once: the body is already a validated ApiKeyRead.
+    return Response(
+        body.model_dump_json(), media_type="application/json", headers={**NO_STORE, "ETag": etag}
+    )
+
+
+async def put_api_key(
+    state: AppState, scope: Scope, receive: Receive, sub: str, audit: RequestAudit
+) -> Response:
+    write = await read_key_write(scope, receive)
+    if_match: list[str] = []
+    if_none_match: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"if-match":
+            if_match.append(value.decode("latin-1"))
+        elif name == b"if-none-match":
+            if_none_match.append(value.decode("latin-1"))
+    result = await service.put_api_key_audited(
+        state.key_writes,
+        state.keyring,
+        sub,
+        write.api_key.get_secret_value(),
+        precondition_of(if_match, if_none_match),
+        audit.success_event(),
+    )
+    audit.recorded = True  # committed with the change
+    return written_response(result)
+
+
+def written_response(result: WriteResult) -> Response:
+    return Response(
+        result.status.model_dump_json(),
+        status_code=201 if result.created else 200,
+        media_type="application/json",
+        headers={"ETag": result.etag},
+    )
+
+
+async def read_api_key_status(
+    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+) -> Response:
+    async with session_scope(state.sessions) as session:
+        key_status, etag = await service.get_status(session, sub)
+    audit.succeeded(key_version=key_status.version)
+    await audit.settled()
+    headers = {"ETag": etag} if etag is not None else None
+    return Response(key_status.model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def delete_api_key(
+    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+) -> Response:
+    async with session_scope(state.sessions) as session:
+        version = await service.delete_api_key(session, sub)
+        await audit.succeeded_in(session, key_version=version)
+    return Response(status_code=204)
+
+
+# What serves each documented key operation, by method and route template.
+SERVED: Final[dict[str, tuple[Action, Access, Work]]] = {
+    "GET /users/{sub}/api-key": (Action.get, READ_ACCESS, read_api_key),
+    "PUT /users/{sub}/api-key": (Action.put, WRITE_ACCESS, put_api_key),
+    "DELETE /users/{sub}/api-key": (Action.delete, DELETE_ACCESS, delete_api_key),
+    "GET /users/{sub}/api-key/status": (Action.status, ANY_KEY_ACCESS, read_api_key_status),
+}
