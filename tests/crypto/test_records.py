@@ -66,7 +66,7 @@ def test_record_format_v2_known_answer(kat_root: RootKey) -> None:
 
 
 def test_known_answer_matches_the_documented_scheme_built_from_primitives() -> None:
-    """The README's description, spelled out with nothing from keyvault.crypto."""
+    """docs/crypto.md's description, spelled out with nothing from keyvault.crypto."""
     root = hashlib.pbkdf2_hmac(
         "sha256", KAT_MASTER_KEY.encode(), KAT_DEPLOYMENT_SALT, KAT_ITERATIONS, 32
     )

@@ -1,4 +1,4 @@
-"""Dockerfile, docker-compose.yml and the README's Docker walkthrough agree with the code.
+"""Dockerfile, docker-compose.yml and the Docker walkthrough (docs/docker.md) agree with the code.
 
 There is no Docker engine where these tests run, so they read the files and check every claim
 that can be checked without one: commands and options against the real CLI, variables against
@@ -36,7 +36,10 @@ from tests.server import free_port, running_server
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
-README = ROOT / "README.md"
+DOCKER_DOC = ROOT / "docs" / "docker.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
+# Every page whose shell blocks are checked against the real CLI.
+DOC_PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 SECRETS_MOUNT = PurePosixPath("/run/secrets")
 
 
@@ -122,11 +125,19 @@ def option_value(args: list[str], option: str) -> str:
     return args[args.index(option) + 1]
 
 
-def readme_section(title: str) -> str:
-    text = README.read_text()
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert match, f"README has no '## {title}' section"
+def doc_section(page: Path, title: str) -> str:
+    text = page.read_text()
+    match = re.search(rf"^#{{1,2}} {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"{page.name} has no '{title}' section"
     return match.group(1)
+
+
+def docker_walkthrough() -> str:
+    return doc_section(DOCKER_DOC, "Running with Docker")
+
+
+def all_docs_text() -> str:
+    return "\n".join(page.read_text() for page in DOC_PAGES)
 
 
 def code_blocks(text: str) -> list[str]:
@@ -362,11 +373,11 @@ def test_master_key_reaches_keyvault_as_a_file_and_never_as_a_variable() -> None
         assert "KEYVAULT_DATABASE_URL" not in spec["environment"]
 
 
-def test_every_secret_is_read_from_secrets_dir_and_documented_in_the_readme() -> None:
-    documented = readme_section("Running with Docker")
+def test_every_secret_is_read_from_secrets_dir_and_documented_in_the_docker_page() -> None:
+    documented = docker_walkthrough()
     for name, spec in compose()["secrets"].items():
         assert re.fullmatch(rf"\$\{{SECRETS_DIR:\?[^}}]+\}}/{name}", spec["file"]), spec["file"]
-        assert f"| `{name}` |" in documented, f"secret {name} is not in the README's table"
+        assert f"| `{name}` |" in documented, f"secret {name} is not in docs/docker.md's table"
 
 
 def test_every_compose_variable_has_a_default_or_a_guard() -> None:
@@ -374,20 +385,16 @@ def test_every_compose_variable_has_a_default_or_a_guard() -> None:
         assert re.fullmatch(r"\w+(:-[^}]*|:\?.+)", reference), f"${{{reference}}} is unguarded"
 
 
-# --- the README's walkthrough --------------------------------------------------------------------
+# --- the Docker walkthrough (docs/docker.md) -----------------------------------------------------
 
 
 def secrets_step() -> str:
-    blocks = [
-        block
-        for block in code_blocks(readme_section("Running with Docker"))
-        if "SECRETS_DIR=" in block
-    ]
+    blocks = [block for block in code_blocks(docker_walkthrough()) if "SECRETS_DIR=" in block]
     assert len(blocks) == 1
     return blocks[0]
 
 
-def test_readme_secret_step_makes_exactly_the_secrets_compose_mounts(tmp_path: Path) -> None:
+def test_docker_page_secret_step_makes_exactly_the_secrets_compose_mounts(tmp_path: Path) -> None:
     secrets_dir = run_secrets_step(tmp_path)
     assert {path.name for path in secrets_dir.iterdir()} == set(compose()["secrets"])
     assert oct(secrets_dir.stat().st_mode & 0o777) == oct(0o700)
@@ -404,7 +411,7 @@ def run_secrets_step(home: Path) -> Path:
 def test_keyvault_starts_from_the_settings_compose_gives_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's secret files, mounted where compose puts them, make valid settings."""
+    """The walkthrough's secret files, mounted where compose puts them, make valid settings."""
     secrets_dir = run_secrets_step(tmp_path)
     for variable in known_variables():
         monkeypatch.delenv(variable, raising=False)
@@ -422,9 +429,9 @@ def test_keyvault_starts_from_the_settings_compose_gives_it(
     refuse_weak_master_key(settings.master_key())
 
 
-def readme_keyvault_invocations() -> list[list[str]]:
+def documented_keyvault_invocations() -> list[list[str]]:
     invocations = []
-    for block in code_blocks(README.read_text()):
+    for block in code_blocks(all_docs_text()):
         for line in block.replace("\\\n", " ").splitlines():
             match = re.search(r"\bkeyvault ([^)|;&]*)", line)
             if match and not line.lstrip().startswith("#"):
@@ -432,22 +439,22 @@ def readme_keyvault_invocations() -> list[list[str]]:
     return invocations
 
 
-def test_readme_keyvault_commands_are_real_commands_and_options() -> None:
-    invocations = readme_keyvault_invocations()
+def test_documented_keyvault_commands_are_real_commands_and_options() -> None:
+    invocations = documented_keyvault_invocations()
     assert ["token", "--sub", "demo-user"] in invocations
     for args in invocations:
         assert cli_accepts(args), f"keyvault {' '.join(args)}"
 
 
-def test_readme_docker_compose_commands_name_real_services() -> None:
+def test_documented_docker_compose_commands_name_real_services() -> None:
     services = set(compose()["services"])
-    mentioned = re.findall(r"docker compose (?:exec|logs|run)(?: -\w+)* (\w+)", README.read_text())
+    mentioned = re.findall(r"docker compose (?:exec|logs|run)(?: -\w+)* (\w+)", all_docs_text())
     assert mentioned
     assert set(mentioned) <= services
 
 
-def test_readme_urls_are_real_routes_on_the_published_port() -> None:
-    section = readme_section("Running with Docker")
+def test_docker_page_urls_are_real_routes_on_the_published_port() -> None:
+    section = docker_walkthrough()
     default_port = re.search(r":-(\d+)\}:8000", service("api")["ports"][0])
     assert default_port
     urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/[\w/{}.-]*)", section)
@@ -457,8 +464,8 @@ def test_readme_urls_are_real_routes_on_the_published_port() -> None:
         assert path == DOCS_PATH or is_route("GET", path) or is_route("PUT", path), path
 
 
-def test_readme_lists_every_serve_option() -> None:
-    section = readme_section("Command line")
+def test_cli_page_lists_every_serve_option() -> None:
+    section = doc_section(CLI_DOC, "serve")
     documented = set(re.findall(r"^\| `(--[\w-]+)", section, re.M))
     help_text = CliRunner().invoke(cli_app, ["serve", "--help"], terminal_width=200).output
     offered = set(re.findall(r"(--[a-z][\w-]+)", help_text)) - {"--help"}
@@ -486,8 +493,8 @@ def test_healthcheck_command_passes_against_a_running_server(tmp_path: Path) -> 
     assert check(str(free_port())) != 0
 
 
-def test_readme_quotes_what_migrate_really_prints(tmp_path: Path) -> None:
-    quoted = re.search(r"docker compose logs migrate\s+# \"([^\"]+)\"", README.read_text())
+def test_docker_page_quotes_what_migrate_really_prints(tmp_path: Path) -> None:
+    quoted = re.search(r"docker compose logs migrate\s+# \"([^\"]+)\"", DOCKER_DOC.read_text())
     assert quoted
     env = {
         name: value
