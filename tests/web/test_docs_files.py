@@ -9,7 +9,7 @@ import pytest
 
 from keyvault.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))
