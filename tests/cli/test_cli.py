@@ -229,3 +229,31 @@ async def test_migrate_upgrades_a_database_from_the_first_revision(
     )
     assert right.returncode == 0, right.stderr
     assert await _schema_revision(empty_database_url) != "0001"
+
+
+async def _set_schema_revision(database_url: str, revision: str) -> None:
+    from sqlalchemy import text
+
+    from keyvault.db.engine import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE alembic_version SET version_num = :revision"), {"revision": revision}
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_on_a_database_from_a_newer_keyvault_refuses_in_one_line(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    env = service_env(empty_database_url)
+    assert (await asyncio.to_thread(keyvault, "migrate", cwd=tmp_path, env=env)).returncode == 0
+    await _set_schema_revision(empty_database_url, "9999")
+
+    result = await asyncio.to_thread(keyvault, "migrate", cwd=tmp_path, env=env)
+
+    assert_one_line_failure(result, "9999")
+    assert await _schema_revision(empty_database_url) == "9999"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import NoReturn, ParamSpec, TypeVar
 
+import alembic.util
 import asyncpg
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,6 +49,9 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
             fail(str(error))
         # asyncpg's own errors at connect time (no such database, login refused) reach us
         # unwrapped by SQLAlchemy.
+        # Alembic's messages name revisions and script paths, never the database URL.
+        except alembic.util.CommandError as error:
+            fail(f"migration failed: {error}")
         except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             fail(
                 f"database error ({type(error).__name__}); check KEYVAULT_DATABASE_URL and that it is up"
