@@ -22,8 +22,9 @@ from keyvault.audit.query import (
     encode_cursor,
 )
 from keyvault.audit.repository import EventFilter
-from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
+from keyvault.auth.tokens import ANY_KEY_ACCESS, Principal
 from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+from keyvault.web.dependencies import AuditReader, SubjectPath, require
 from keyvault.web.key_routes import Session, _problems
 
 DEFAULT_PAGE: Final = 50

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.audit.events import Action
 from keyvault.audit.trail import AuditedRoute, RequestAudit, audited, get_request_audit
-from keyvault.auth.tokens import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
 from keyvault.errors import (
@@ -33,6 +32,7 @@ from keyvault.keys.preconditions import precondition_of
 from keyvault.keys.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
 from keyvault.keys.service import WriteResult
 from keyvault.keys.writes import KeyWrites
+from keyvault.web.dependencies import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 
 NO_STORE = {"Cache-Control": "no-store"}
 
