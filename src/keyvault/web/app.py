@@ -24,10 +24,10 @@ from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
 from keyvault.master_keys.unlock import unlock
-from keyvault.observability import metrics
 from keyvault.ratelimit.limiter import AddressRateLimit, RateLimiter
 from keyvault.web import audit_routes as audit_api
 from keyvault.web import key_routes as api
+from keyvault.web import metrics_route
 from keyvault.web.docs import install_docs
 from keyvault.web.http_methods import HeadAsGet
 from keyvault.web.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
@@ -90,7 +90,7 @@ def create_app(
             pool_size=settings.database_pool_size,
         )
         app.state.sessions = create_sessionmaker(engine)
-        app.state.record_counts = metrics.RecordCounts(app.state.sessions)
+        app.state.record_counts = metrics_route.record_counts(app.state.sessions)
         app.state.record_reader = RecordReader(
             engine,
             app.state.sessions,
@@ -187,7 +187,7 @@ def create_app(
     # Before api.router: the access-log path must be matched by its own route, never read as a sub.
     app.include_router(audit_api.router)
     app.include_router(api.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics_route.router)
     install_docs(app)
     install_error_handlers(app)
     install_audit_recording(app)

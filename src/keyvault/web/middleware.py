@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from contextvars import ContextVar
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyvault.db.engine import is_database_outage
 from keyvault.errors import PayloadTooLarge
+from keyvault.observability.logs import current_request_id
 from keyvault.observability.metrics import DATABASE_UNAVAILABLE
 from keyvault.web.problems import problem_response
 
@@ -21,8 +21,6 @@ DATABASE_RETRY_AFTER_SECONDS = "1"
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed into logs and headers, so only a plain token is taken as given.
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-
-current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 UNMATCHED_ROUTE: Final = "<unmatched>"
 
