@@ -24,13 +24,19 @@ from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
 from keyvault.master_keys.unlock import unlock
-from keyvault.ratelimit.limiter import AddressRateLimit, RateLimiter
+from keyvault.ratelimit.limiter import RateLimiter
 from keyvault.web import audit_routes as audit_api
 from keyvault.web import key_routes as api
 from keyvault.web import metrics_route
 from keyvault.web.docs import install_docs
 from keyvault.web.http_methods import HeadAsGet
-from keyvault.web.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
+from keyvault.web.middleware import (
+    AddressRateLimit,
+    BodySizeLimit,
+    LastResortErrors,
+    RequestId,
+    SecurityHeaders,
+)
 from keyvault.web.problems import install_error_handlers
 from keyvault.web.read_path import ReadPath
 from keyvault.web.telemetry import RequestTelemetry
