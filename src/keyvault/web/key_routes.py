@@ -29,8 +29,8 @@ from keyvault.errors import (
 )
 from keyvault.keys import repository, service
 from keyvault.keys.preconditions import precondition_of
+from keyvault.keys.put import WriteResult
 from keyvault.keys.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
-from keyvault.keys.service import WriteResult
 from keyvault.keys.writes import KeyWrites
 from keyvault.web.dependencies import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 
