@@ -12,7 +12,10 @@ from fastapi import APIRouter, Depends, Query
 
 from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import Action, ChainedEvent, Outcome
-from keyvault.audit.query import (
+from keyvault.audit.repository import EventFilter
+from keyvault.auth.tokens import ANY_KEY_ACCESS, Principal
+from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+from keyvault.web.audit_query import (
     ActorFilter,
     Cursor,
     Since,
@@ -21,9 +24,6 @@ from keyvault.audit.query import (
     decode_cursor,
     encode_cursor,
 )
-from keyvault.audit.repository import EventFilter
-from keyvault.auth.tokens import ANY_KEY_ACCESS, Principal
-from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
 from keyvault.web.dependencies import AuditReader, SubjectPath, require
 from keyvault.web.key_routes import Session, _problems
 
