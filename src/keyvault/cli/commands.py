@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from keyvault.audit.events import Verification
 from keyvault.audit.trail import verify_stored_chain
 from keyvault.auth.tokens import mint_token
-from keyvault.config import DEFAULT_DATABASE_URL, ConfigurationError, Settings, load_settings
+from keyvault.config import ConfigurationError, Settings, load_settings
 from keyvault.crypto.records import Keyring
-from keyvault.db.engine import create_engine, create_sessionmaker
+from keyvault.db.engine import DEFAULT_DATABASE_URL, create_engine, create_sessionmaker
 from keyvault.db.migrations import is_at_head, upgrade_to_head
 from keyvault.legacy_import import importer as seed_import
 from keyvault.legacy_import.seed_crypto import SEED_ITERATIONS
