@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 # The benchmark (tests/perf/bench.py): needs wrk and a local Postgres; not part of `make test`.
 bench: install
