@@ -96,9 +96,11 @@ async def private_service(
 
 
 @asynccontextmanager
-async def another_instance(service: PrivateService) -> AsyncIterator[httpx.AsyncClient]:
+async def another_instance(
+    service: PrivateService, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """A second app over the same database, as a second worker process would be."""
-    app = create_app(make_settings(service.database_url), keyring=service.keyring)
+    app = create_app(make_settings(service.database_url, **overrides), keyring=service.keyring)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

@@ -21,6 +21,7 @@ from keyvault.db.migrations import upgrade_to_head
 from keyvault.db.models import ApiKeyRecord
 from keyvault.keys import repository
 from keyvault.keys.service import last4_of
+from keyvault.master_keys import repository as master_key_repository
 from keyvault.master_keys.unlock import unlock
 
 OLD_KEY = "old-master-key-0123456789-abcdefghijklmnop"
@@ -35,7 +36,7 @@ async def create_deployment(database_url: str, master_key: str) -> None:
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
             now = datetime.now(UTC)
-            await repository.create_deployment(
+            await master_key_repository.create_deployment(
                 session, new_deployment_salt(), CHEAP_ITERATIONS, now
             )
         await unlock(sessions, master_key, iterations_for_new=CHEAP_ITERATIONS)
@@ -91,7 +92,7 @@ def sealed_of(row: ApiKeyRecord) -> SealedRecord:
 async def key_id_of(database_url: str, master_key: str) -> str:
     """A master key's id in this deployment, derived directly: no verifier check, nothing written."""
     async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
-        deployment = await repository.get_deployment(session)
+        deployment = await master_key_repository.get_deployment(session)
     assert deployment is not None
     return RootKey.derive(master_key, deployment.kdf_salt, deployment.kdf_iterations).key_id
 

@@ -19,7 +19,7 @@ from keyvault.crypto.records import new_deployment_salt
 from keyvault.db.engine import session_scope
 from keyvault.db.migrations import alembic_config
 from keyvault.db.models import ApiKeyRecord
-from keyvault.keys import repository
+from keyvault.master_keys import repository
 from keyvault.master_keys.unlock import unlock
 from tests.conftest import JWT_SECRET
 from tests.deployments import (

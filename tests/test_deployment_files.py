@@ -23,7 +23,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from keyvault.cli import commands as cli
+from keyvault.cli.app import app as cli_app
+from keyvault.cli.serve import DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
 from keyvault.config import Settings, refuse_weak_master_key
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.web.app import create_app
@@ -140,7 +141,7 @@ def textwrap_dedent(block: str) -> str:
 
 def cli_accepts(args: list[str]) -> bool:
     """The CLI parses these arguments: real command, real options (`--help` stops before running)."""
-    return CliRunner().invoke(cli.app, [*args, "--help"]).exit_code == 0
+    return CliRunner().invoke(cli_app, [*args, "--help"]).exit_code == 0
 
 
 def known_variables() -> set[str]:
@@ -333,7 +334,7 @@ def test_api_serves_on_all_interfaces_of_the_port_it_publishes() -> None:
 def test_api_is_given_longer_to_stop_than_it_gives_in_flight_requests() -> None:
     grace = service("api")["stop_grace_period"]
     assert grace.endswith("s")
-    assert int(grace[:-1]) > cli.DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+    assert int(grace[:-1]) > DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
 
 
 @pytest.mark.parametrize("name", ["migrate", "api"])
@@ -459,7 +460,7 @@ def test_readme_urls_are_real_routes_on_the_published_port() -> None:
 def test_readme_lists_every_serve_option() -> None:
     section = readme_section("Command line")
     documented = set(re.findall(r"^\| `(--[\w-]+)", section, re.M))
-    help_text = CliRunner().invoke(cli.app, ["serve", "--help"], terminal_width=200).output
+    help_text = CliRunner().invoke(cli_app, ["serve", "--help"], terminal_width=200).output
     offered = set(re.findall(r"(--[a-z][\w-]+)", help_text)) - {"--help"}
     assert documented == offered
 

@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from keyvault.db.engine import session_scope
-from keyvault.keys import repository
+from keyvault.master_keys import repository
 from keyvault.master_keys.unlock import MasterKeyMismatchError, UnknownPreviousKeyError, unlock
 from tests.deployments import (
     CHEAP_ITERATIONS,

@@ -12,6 +12,7 @@ from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
 from keyvault.db.models import ApiKeyRecord
 from keyvault.keys import repository
+from keyvault.master_keys import repository as master_key_repository
 from keyvault.master_keys import rotation
 from keyvault.web.app import create_app
 from tests.conftest import JWT_SECRET, bearer, key_path, make_settings, mint
@@ -97,7 +98,7 @@ async def test_put_landing_between_read_and_write_wins(
     database_url, keyring = rotated_database
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
-            batch = await repository.records_to_rewrap(
+            batch = await master_key_repository.records_to_rewrap(
                 session, keyring.current.key_id, 2, after=None, limit=3, lock=False
             )
         raced = batch[1].sub
@@ -111,7 +112,7 @@ async def test_put_landing_between_read_and_write_wins(
             )
         async with session_scope(sessions) as session:
             swaps = [(c, keyring.seal(c.sub, keyring.open(c.sub, c.sealed))) for c in batch]
-            swapped = await repository.swap_sealed(session, swaps)
+            swapped = await master_key_repository.swap_sealed(session, swaps)
     assert swapped == 2
     opened = await open_all(database_url, keyring)
     assert opened[raced] == "sk-newer-value-0000"
@@ -124,14 +125,14 @@ async def test_second_rotator_swapping_the_same_batch_changes_nothing(
     database_url, keyring = rotated_database
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
-            batch = await repository.records_to_rewrap(
+            batch = await master_key_repository.records_to_rewrap(
                 session, keyring.current.key_id, 2, after=None, limit=5, lock=False
             )
         results = []
         for _ in range(2):
             async with session_scope(sessions) as session:
                 swaps = [(c, keyring.seal(c.sub, keyring.open(c.sub, c.sealed))) for c in batch]
-                results.append(await repository.swap_sealed(session, swaps))
+                results.append(await master_key_repository.swap_sealed(session, swaps))
     assert results == [5, 0]
 
 

@@ -1,3 +1,3 @@
-from keyvault.cli.commands import app
+from keyvault.cli.app import app
 
 app(prog_name="keyvault")

@@ -36,6 +36,7 @@ from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.keys import repository
 from keyvault.keys.service import last4_of
+from keyvault.master_keys import repository as master_key_repository
 from keyvault.master_keys import rotation
 from keyvault.master_keys.unlock import derive_all
 
@@ -60,7 +61,7 @@ async def _seed(database_url: str, records: int) -> tuple[RootKey, RootKey]:
     now = datetime.now(UTC)
     try:
         async with session_scope(sessions) as session:
-            await repository.create_deployment(session, salt, MIN_KDF_ITERATIONS, now)
+            await master_key_repository.create_deployment(session, salt, MIN_KDF_ITERATIONS, now)
         for start in range(0, records, SEED_CHUNK):
             batch = []
             for n in range(start, min(start + SEED_CHUNK, records)):

@@ -27,9 +27,9 @@ from sqlalchemy import text
 from keyvault.crypto.records import MIN_KDF_ITERATIONS, new_deployment_salt
 from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
 from keyvault.db.migrations import upgrade_to_head
-from keyvault.keys import repository
 from keyvault.legacy_import.importer import import_seed, seed_engine
 from keyvault.legacy_import.seed_crypto import SEED_ITERATIONS, SEED_SALT_BYTES, fernet_key
+from keyvault.master_keys import repository
 from keyvault.master_keys.unlock import unlock
 
 # Benchmark-only keys for throw-away databases.

@@ -3,15 +3,14 @@
     .venv/bin/python -m tests.perf.compare HEAD~1 HEAD            # GET, 8 rounds of 4 s
     .venv/bin/python -m tests.perf.compare main WORKTREE --method PUT --rounds 10
 
-How a change to the read or write path is measured (the figures in README, Performance, and in the
-commits that quote a CPU change): make bench compares keyvault with a ceiling, and run-to-run noise
-on a shared machine (±10%) hides a change of a few percent. Here every revision serves the same
-seeded database at once, each from its own copy of the source (`git archive`; WORKTREE is the
+How a change to the read or write path is measured: make bench compares keyvault with a ceiling, and
+run-to-run noise on a shared machine hides a change of a few percent. Here every revision serves the
+same seeded database at once, each from its own copy of the source (`git archive`; WORKTREE is the
 checkout as it is, uncommitted changes included), one worker pinned to CPU 0; wrk on CPU 1 drives
-them in alternating rounds, so that whatever else the machine does weighs on all alike. Each
-round's figure is the server's CPU time per request (from /proc); the report gives each
-revision's median and its ratio to the first revision's. The revisions must share the database
-schema (each `keyvault serve` checks it is at its own head).
+them in alternating rounds, so that whatever else the machine does weighs on all alike. Each round's
+figure is the server's CPU time per request (from /proc); the report gives each revision's median
+and its ratio to the first revision's. The revisions must share the database schema (each `keyvault
+serve` checks it is at its own head).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -137,6 +138,12 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def dialect_insert(session: AsyncSession) -> Any:
+    """The session's dialect's insert(), the one with ON CONFLICT (Postgres or SQLite)."""
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 @asynccontextmanager
 async def session_scope(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """The one place a unit of work is committed, or rolled back when anything in it failed."""
@@ -152,7 +159,7 @@ async def session_scope(sessions: async_sessionmaker[AsyncSession]) -> AsyncIter
 def driver_connection(engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
     """The pooled driver (asyncpg) connection itself, checked out for one use and given back.
 
-    Going through an AsyncSession costs about four times the query's own CPU time (session and
+    Going through an AsyncSession costs several times the query's own CPU time (session and
     connection set-up, greenlet hops, result processing); this skips all that but keeps the same
     pool, with its idle pings and its limits. No transaction is begun on it: a caller that needs
     one begins it. A connection that fails under the caller is invalidated, so the pool does not
@@ -182,8 +189,8 @@ class KeptDriverConnections:
     """driver_connection for the read path: up to `share` pooled connections, kept checked out
     between reads.
 
-    Checking a connection out of SQLAlchemy's pool and back in costs about 25 µs of CPU (greenlet
-    hops, pool events), a tenth of a whole read, and a checkout that has to wait for the pool costs
+    Checking a connection out of SQLAlchemy's pool and back in costs CPU (greenlet hops, pool
+    events), a noticeable part of a whole read, and a checkout that has to wait for the pool costs
     several times that (a task per wait). So a read takes a kept connection; when none is free it
     checks a new one out while fewer than `share` are held, and otherwise waits for the next one a
     read gives back (a future and a timer), for `wait_seconds` at most, then fails as the pool does

@@ -12,7 +12,8 @@ from keyvault.audit.events import AuditEvent
 from keyvault.crypto.records import SealedRecord
 from keyvault.errors import PreconditionFailed
 from keyvault.keys.preconditions import Precondition
-from keyvault.keys.repository import RecordState, RecordWrites
+from keyvault.keys.record_writes import RecordWrites
+from keyvault.keys.repository import RecordState
 from keyvault.keys.schemas import KeyStatus
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)

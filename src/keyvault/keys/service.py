@@ -13,6 +13,7 @@ from keyvault.errors import NotFound, RecordUndecryptable
 from keyvault.keys import repository
 from keyvault.keys.preconditions import Precondition
 from keyvault.keys.put import PutJob, WriteResult, apply_put, etag_for, status_of
+from keyvault.keys.record_writes import SessionRecordWrites
 from keyvault.keys.schemas import ApiKeyRead, KeyStatus
 from keyvault.keys.writes import KeyWrites
 from keyvault.observability import metrics
@@ -31,7 +32,7 @@ async def put_api_key(
     precondition: Precondition = UNCONDITIONAL,
 ) -> WriteResult:
     """Store the key in `session`'s transaction, without an audit event (seeding, imports)."""
-    records = repository.SessionRecordWrites(session)
+    records = SessionRecordWrites(session)
     return await apply_put(
         records, sub, keyring.seal(sub, api_key), last4_of(api_key), precondition
     )

@@ -36,12 +36,8 @@ from keyvault.db.batching import Batch, BatchQueue, fail
 from keyvault.db.engine import driver_connection, is_database_outage, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.keys.put import PutJob, WriteResult, apply_put, written
-from keyvault.keys.repository import (
-    DriverRecordWrites,
-    NewRecord,
-    RecordWrites,
-    SessionRecordWrites,
-)
+from keyvault.keys.record_writes import DriverRecordWrites, RecordWrites, SessionRecordWrites
+from keyvault.keys.repository import NewRecord
 
 log = logging.getLogger("keyvault")
 

@@ -1,11 +1,11 @@
 """Import from the seed application: each user's Fernet token becomes a v2 record under our key.
 
-The seed's `user` table is read page by page in id order; its tokens are opened in worker
-processes (PBKDF2 at 100,000 iterations is ~12 ms a row, so it is spread over the cores) and each
-key is sealed under the vault's current master key. Idempotent by comparing values: a vault record
-that already holds the same key is skipped, one that differs and is newer than the seed row is kept
-(unless `overwrite`), anything else is replaced with a compare-and-swap, so a PUT arriving during
-the import wins. The seed database is only ever read.
+The seed's `user` table is read page by page in id order; its tokens are opened in worker processes
+(a PBKDF2 of 100,000 iterations per row is the import's main cost, so it is spread over the cores)
+and each key is sealed under the vault's current master key. Idempotent by comparing values: a vault
+record that already holds the same key is skipped, one that differs and is newer than the seed row
+is kept (unless `overwrite`), anything else is replaced with a compare-and-swap, so a PUT arriving
+during the import wins. The seed database is only ever read.
 """
 
 from __future__ import annotations

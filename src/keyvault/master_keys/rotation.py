@@ -25,8 +25,8 @@ from keyvault.crypto.records import (
     UnknownKeyIdError,
 )
 from keyvault.db.engine import session_scope
-from keyvault.keys import repository
-from keyvault.keys.repository import KeyUsage, RewrapCandidate
+from keyvault.master_keys import repository
+from keyvault.master_keys.repository import KeyUsage, RewrapCandidate
 
 DEFAULT_BATCH_SIZE = 500
 

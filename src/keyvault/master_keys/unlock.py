@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.crypto.records import Keyring, RootKey, new_deployment_salt
 from keyvault.db.engine import session_scope
-from keyvault.keys import repository
+from keyvault.master_keys import repository
 
 
 class MasterKeyMismatchError(Exception):

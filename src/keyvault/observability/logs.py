@@ -112,7 +112,7 @@ def log_line(
     """`logger.log(level, message, *args, extra=extras)`, in fewer steps where `keyvault serve`'s
     logging is in place: a line whose one destination is a LineHandler with a JsonFormatter (no
     filters on the way) is formatted straight from its fields, without a LogRecord; the text is the
-    same. Two lines of every request go this way (README, Performance). As with `extra`, no name in
+    same. Two lines of every request go this way. As with `extra`, no name in
     `extras` may be a LogRecord attribute's, and a `request_id` among them wins over the current
     request's."""
     if logger.disabled or not logger.isEnabledFor(level):
@@ -166,14 +166,13 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     Lines logged inside a loop are kept and written when the loop has run what it had ready, or,
     within WRITE_INTERVAL_SECONDS of the last write, once that interval is over: one system call
-    for many lines, two lines per request under load (README, Performance). Each write holds whole
+    for many lines, two lines per request under load. Each write holds whole
     lines and at most PIPE_BUF bytes (unless one line is longer), so on a pipe shared by several
     workers it is atomic and lines never interleave, as with one write per line. Outside a loop
     (the CLI, start-up, exit, other threads) each line is written at once, as StreamHandler does.
     """
 
-    # Every 1 ms cost 2-4% more CPU per read than every 10 ms (README, Performance): each timer
-    # wakes the loop for one more turn.
+    # Not shorter: each timer wakes the loop for one more turn, which a read pays for in CPU.
     WRITE_INTERVAL_SECONDS: Final = 0.01
 
     def __init__(self, stream: Any = None) -> None:

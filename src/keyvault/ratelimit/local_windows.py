@@ -1,10 +1,10 @@
 """The sliding-window counter of the `limits` library, kept in this process's memory without it.
 
-`limits`' own async memory storage starts a task to expire old keys on every hit; with a per-address
-and a per-principal budget that was a tenth of the key read's CPU time (README, Rate limiting). This
-is the same algorithm — and the same answers, checked against `limits` in tests/test_local_windows.py
-— over a plain dict: each key holds its current fixed window's count and the previous one's, and a
-hit is admitted while
+`limits`' own async memory storage starts a task to expire old keys on every hit, twice per request
+with a per-address and a per-principal budget: a large share of a key read's own CPU time. This is
+the same algorithm — and the same answers, checked against `limits` in tests/test_local_windows.py —
+over a plain dict: each key holds its current fixed window's count and the previous one's, and a hit
+is admitted while
 
     floor(previous · (time left in the current window) / window + current) + 1 ≤ limit
 
