@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 # The benchmark (bench/, see bench/README.md): needs wrk and a local Postgres; not part of `make test`.
 bench: install

@@ -28,12 +28,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keyvault.crypto.records import MIN_KDF_ITERATIONS
-from keyvault.db.engine import DEFAULT_POOL_SIZE, Timeouts
+from keyvault.db.engine import DEFAULT_DATABASE_URL, DEFAULT_POOL_SIZE, Timeouts
 
 SEED_PLACEHOLDER: Final = "your-super-secret-master-key-change-this-in-production"
 MIN_SECRET_LENGTH: Final = 32
 MAX_JWT_LEEWAY_SECONDS: Final = 60
-DEFAULT_DATABASE_URL: Final = "sqlite+aiosqlite:///./keyvault.db"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
 STEP_UP_ACTION_NAMES: Final = frozenset({"read", "write", "delete"})

@@ -17,8 +17,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import Request
+from fastapi.security import HTTPBearer
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from keyvault.auth.tokens import bearer_token
 from keyvault.crypto.records import Keyring
 from keyvault.web.app import create_app
 from tests.conftest import AUDIENCE, ISSUER, JWT_SECRET, bearer, key_path, make_settings, mint
@@ -225,3 +228,26 @@ async def test_error_bodies_never_echo_the_token(idp_client: httpx.AsyncClient) 
     assert token_value not in response.text
     assert token_value.split(".")[1] not in response.text
     assert JWT_SECRET not in response.text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer abc",
+        "bearer abc",
+        "BEARER  abc ",
+        "Bearer",
+        "Bearer ",
+        "Basic abc",
+        "Bearerabc",
+        " Bearer abc",
+        "Bearer a b",
+        "Bearer\tabc",
+    ],
+)
+async def test_bearer_token_reads_the_header_as_the_routes_do(header: str | None) -> None:
+    headers = [] if header is None else [(b"authorization", header.encode())]
+    expected = await HTTPBearer(auto_error=False)(Request({"type": "http", "headers": headers}))
+    assert bearer_token(header) == (None if expected is None else expected.credentials)

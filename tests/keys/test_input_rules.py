@@ -12,13 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from keyvault.keys.input_rules import (
-    API_KEY_MAX_LENGTH,
-    API_KEY_PATTERN,
-    SUB_PATTERN,
-    api_key_problem,
-    sub_problem,
-)
+from keyvault.auth.subjects import SUB_PATTERN, sub_problem
+from keyvault.keys.input_rules import API_KEY_MAX_LENGTH, API_KEY_PATTERN, api_key_problem
 from tests.conftest import TokenFactory, bearer
 
 KEY_SAMPLES = [

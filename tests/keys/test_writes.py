@@ -19,7 +19,7 @@ from keyvault.db.engine import create_engine
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.keys import service
 from keyvault.keys.preconditions import EntityTags, Precondition
-from keyvault.keys.service import WriteResult
+from keyvault.keys.put import WriteResult
 from keyvault.keys.writes import KeyWrites
 from keyvault.web.state import state_of
 from tests.audit_support import (

@@ -12,8 +12,13 @@ from typing import Any
 
 import pytest
 
-from keyvault.observability.logs import JsonFormatter, LineHandler, log_line, logging_config
-from keyvault.web.middleware import current_request_id
+from keyvault.observability.logs import (
+    JsonFormatter,
+    LineHandler,
+    current_request_id,
+    log_line,
+    logging_config,
+)
 
 CANARY = "sk-log-canary-0123456789abcdef"
 

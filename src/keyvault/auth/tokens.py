@@ -1,4 +1,4 @@
-"""Who is calling and what they may do: bearer JWT → Principal, and scope checks as dependencies.
+"""Who is calling and what they may do: bearer JWT → Principal, and the access check of a route.
 
 Algorithms come from configuration, never from the token: HS256 with the shared secret for tokens
 without a `kid`, the configured asymmetric algorithms for tokens whose `kid` names a key in the
@@ -14,29 +14,18 @@ or with the generic `JWT` are taken too: deployments hold such tokens from older
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Final, NoReturn
+from typing import Any, Final
 
 import jwt
-from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import AfterValidator
 
 from keyvault.auth.jwks import JwksCache
 from keyvault.auth.stepup import StepUpPolicy
+from keyvault.auth.subjects import sub_problem
 from keyvault.auth.token_cache import VerifiedTokenCache
 from keyvault.config import Settings, media_type
-from keyvault.errors import (
-    Forbidden,
-    InsufficientUserAuthentication,
-    KeySetUnavailable,
-    Unauthorized,
-)
-from keyvault.keys.input_rules import SUB_MAX_LENGTH, SUB_PATTERN, sub_problem
-from keyvault.observability import metrics
+from keyvault.errors import Forbidden, Unauthorized
 
 HS_ALGORITHM: Final = "HS256"
 ACCESS_TOKEN_TYPE: Final = "at+jwt"
@@ -167,75 +156,23 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     )
 
 
-def _acceptable_subject(value: str) -> str:
-    problem = sub_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-SubjectPath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=SUB_MAX_LENGTH,
-        description="The identity provider's subject, percent-encoded (e.g. `google-oauth2%7C1234`):"
-        " no control characters, and valid UTF-8 (no U+FFFD).",
-        json_schema_extra={"pattern": SUB_PATTERN},
-    ),
-    AfterValidator(_acceptable_subject),
-]
-
-_bearer_scheme = HTTPBearer(
-    auto_error=False,
-    description="A JWT whose `scope` claim holds `api-key:read`, `api-key:write` or `api-key:delete`,"
-    " and `users:any` to act on other users' keys.",
-)
+def valid_subject(value: str) -> bool:
+    """Whether `value` is a sub a request may name (see keyvault.auth.subjects)."""
+    return sub_problem(value) is None
 
 
 def bearer_token(authorization: str | None) -> str | None:
     """The credentials of an `Authorization: Bearer …` header, read exactly as HTTPBearer reads it."""
-    scheme, credentials = get_authorization_scheme_param(authorization)
-    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    if not (scheme and credentials) or scheme.lower() != "bearer":
         return None
     return credentials
-
-
-async def authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> Principal:
-    try:
-        principal = await _verify(request, credentials)
-    except Unauthorized as failure:
-        metrics.AUTH_FAILURES.labels(failure.reason).inc()
-        request.state.reason = failure.reason  # for the request's log line
-        raise
-    except KeySetUnavailable as unavailable:
-        request.state.reason = unavailable.reason
-        raise
-    request.state.actor = principal.sub  # for the request's log line
-    await request.app.keyvault.rate_limiter.enforce_for_principal(
-        principal.sub, service=is_service(principal)
-    )
-    return principal
 
 
 def is_service(principal: Principal) -> bool:
     """A service token (`users:any`): one `sub` shared by every replica of the service."""
     return Scope.any_user in principal.scopes
-
-
-async def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    if credentials is None:
-        raise Unauthorized("A bearer token is required.", error=None, reason="missing")
-    verifier: TokenVerifier = request.app.keyvault.token_verifier
-    principal = await verifier.verify(credentials.credentials)
-    request.state.principal = principal  # the audit trail names the actor, even of a refusal
-    return principal
-
-
-Caller = Annotated[Principal, Depends(authenticate)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,13 +184,22 @@ class Access:
     step_up: str | None = None
 
 
+# READ_ACCESS and WRITE_ACCESS are also what keyvault.read_path and keyvault.write_path check on
+# their short paths for the same routes.
+READ_ACCESS: Final = Access((Scope.read,), step_up="read")
+WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
+DELETE_ACCESS: Final = Access((Scope.delete,), step_up="delete")
+# Seeing whether a key exists, or who used it, takes any of the three key scopes.
+ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))
+
+
 def check_access(
     caller: Principal, sub: str, access: Access, policy: StepUpPolicy, now: float
 ) -> None:
     """Raise Forbidden (or InsufficientUserAuthentication) unless `caller` has `access` to `sub`.
 
     The decision uses the token alone, so it is the same whether or not the target has a key, and
-    no query runs for a refused caller. It counts nothing: the dependency below does.
+    no query runs for a refused caller. It counts nothing: the web dependencies do.
     """
     if caller.scopes.isdisjoint(access.scopes):
         wanted = " or ".join(scope.value for scope in access.scopes)
@@ -269,54 +215,6 @@ def check_access(
             auth_time=caller.auth_time,
             now=now,
         )
-
-
-def require(access: Access) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting callers with `access` to the path's `sub` (see check_access)."""
-
-    async def check(request: Request, sub: SubjectPath, caller: Caller) -> Principal:
-        try:
-            check_access(caller, sub, access, request.app.keyvault.step_up, now=time.time())
-        except Forbidden as forbidden:
-            _refuse(request, forbidden)
-        except InsufficientUserAuthentication:
-            request.state.reason = "step_up"  # for the request's log line
-            raise
-        return caller
-
-    return check
-
-
-def _refuse(request: Request, forbidden: Forbidden) -> NoReturn:
-    metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
-    request.state.reason = forbidden.reason  # for the request's log line
-    raise forbidden
-
-
-def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting callers holding `scope`, for routes not about one user's key."""
-
-    async def check(request: Request, caller: Caller) -> Principal:
-        if scope not in caller.scopes:
-            _refuse(
-                request, Forbidden(f"This action needs the {scope.value} scope.", "forbidden_scope")
-            )
-        return caller
-
-    return check
-
-
-# What each key operation asks of its caller (web.key_endpoints checks them).
-READ_ACCESS: Final = Access((Scope.read,), step_up="read")
-KeyReader = Annotated[Principal, Depends(require(READ_ACCESS))]
-WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
-KeyWriter = Annotated[Principal, Depends(require(WRITE_ACCESS))]
-DELETE_ACCESS: Final = Access((Scope.delete,), step_up="delete")
-KeyDeleter = Annotated[Principal, Depends(require(DELETE_ACCESS))]
-AuditReader = Annotated[Principal, Depends(require_scope(Scope.audit_read))]
-# Seeing whether a key exists, or who used it, takes any of the three key scopes.
-ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))
-StatusReader = Annotated[Principal, Depends(require(ANY_KEY_ACCESS))]
 
 
 def mint_token(settings: Settings, sub: str, scopes: str, ttl_seconds: int) -> str:

@@ -13,8 +13,8 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyvault.cli.common import check_unlocks, one_line_failures
-from keyvault.config import DEFAULT_DATABASE_URL, Settings, load_settings
-from keyvault.db.engine import create_engine, create_sessionmaker
+from keyvault.config import Settings, load_settings
+from keyvault.db.engine import DEFAULT_DATABASE_URL, create_engine, create_sessionmaker
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.master_keys.unlock import check_before_migration
 

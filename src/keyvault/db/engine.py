@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
+# The embedded database of `make run` and `keyvault init`, in the working directory.
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyvault.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 IDLE_PING_SECONDS = 5.0
 _LAST_USED = "keyvault_last_used"

@@ -1,8 +1,8 @@
-"""What the key routes accept as a `sub` and as an `api_key`, stated once.
+"""What the key routes accept as an `api_key`, stated once (for a `sub`, see auth.subjects).
 
-Each rule is a regular expression that validates the request and is published as the `pattern`
+The rule is a regular expression that validates the request and is published as the `pattern`
 of the OpenAPI schema, so a schema-driven client or fuzzer sees exactly the contract the server
-applies. The patterns use `\\uXXXX` escapes and literal characters only, which Python's `re` and
+applies. The pattern uses `\\uXXXX` escapes and literal characters only, which Python's `re` and
 ECMA-262 (JSON Schema's dialect, with the `u` flag) read alike. A refusal names the rule it broke,
 never the value.
 """
@@ -13,26 +13,7 @@ import re
 import unicodedata
 from typing import Final
 
-SUB_MAX_LENGTH: Final = 255
 API_KEY_MAX_LENGTH: Final = 1024
-
-# Invalid UTF-8 in a percent-encoded path decodes to U+FFFD, so `x%ff` and `x%fe` would be one
-# user: the replacement character is refused along with the control characters (category Cc).
-SUB_PATTERN: Final = r"^[^\u0000-\u001f\u007f-\u009f\ufffd]*$"
-_SUB: Final = re.compile(SUB_PATTERN)
-_CONTROL: Final = re.compile(r"[\u0000-\u001f\u007f-\u009f]")
-
-
-def sub_problem(value: str) -> str | None:
-    """Why `value` is not an acceptable sub, or None when it is."""
-    if not 0 < len(value) <= SUB_MAX_LENGTH:
-        return f"must be 1 to {SUB_MAX_LENGTH} characters"
-    if _SUB.fullmatch(value):
-        return None
-    if _CONTROL.search(value):
-        return "must not contain control characters"
-    return "must be valid UTF-8 (percent-encoded) and must not contain U+FFFD"
-
 
 # Whitespace as str.isspace() has it (what strip() removes).
 _WHITESPACE: Final = (

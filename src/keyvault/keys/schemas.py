@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -9,7 +10,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from pydantic_core import PydanticCustomError
 
 from keyvault.keys.input_rules import API_KEY_MAX_LENGTH, API_KEY_PATTERN, api_key_problem
-from keyvault.web.json_body import UnreadableBody
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableBody:
+    """What a body that is not UTF-8 JSON reads as (keyvault.web.json_body), so that its model
+    refuses it as it refuses any invalid body; `reason` names the rule, never the bytes."""
+
+    reason: str
 
 
 def _clean_api_key(value: SecretStr) -> SecretStr:

@@ -3,55 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.audit.events import AuditEvent
-from keyvault.crypto.records import Keyring, RecordIntegrityError, SealedRecord, UnknownKeyIdError
-from keyvault.errors import NotFound, PreconditionFailed, RecordUndecryptable
+from keyvault.crypto.records import Keyring, RecordIntegrityError, UnknownKeyIdError
+from keyvault.errors import NotFound, RecordUndecryptable
 from keyvault.keys import repository
 from keyvault.keys.preconditions import Precondition
-from keyvault.keys.record_writes import RecordWrites, SessionRecordWrites
-from keyvault.keys.repository import RecordState
+from keyvault.keys.put import PutJob, WriteResult, apply_put, etag_for, status_of
+from keyvault.keys.record_writes import SessionRecordWrites
 from keyvault.keys.schemas import ApiKeyRead, KeyStatus
+from keyvault.keys.writes import KeyWrites
 from keyvault.observability import metrics
-
-if TYPE_CHECKING:
-    from keyvault.keys.writes import KeyWrites
 
 LAST4_MIN_KEY_LENGTH: Final = 12
 UNCONDITIONAL: Final = Precondition()
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 log = logging.getLogger("keyvault")
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    status: KeyStatus
-    etag: str
-    created: bool
-
-
-def etag_for(state: RecordState) -> str:
-    """Version plus creation time: a deleted and re-created key never matches an old tag."""
-    created_us = (state.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f'"{state.version}.{created_us}"'
-
-
-@dataclass(frozen=True, slots=True)
-class PutJob:
-    """A PUT ready to run: the key already sealed, and the audit event that must commit with it
-    (its key version is filled in once the write has one)."""
-
-    sub: str
-    sealed: SealedRecord
-    last4: str
-    precondition: Precondition
-    event: AuditEvent
 
 
 async def put_api_key(
@@ -79,42 +49,6 @@ async def put_api_key_audited(
     """Store the key and its audit event in one transaction, shared with concurrent PUTs."""
     job = PutJob(sub, keyring.seal(sub, api_key), last4_of(api_key), precondition, event)
     return await writes.put(job)
-
-
-async def apply_put(
-    records: RecordWrites,
-    sub: str,
-    sealed: SealedRecord,
-    last4: str,
-    precondition: Precondition,
-) -> WriteResult:
-    """The write itself, honouring If-Match / If-None-Match; PreconditionFailed writes nothing.
-
-    A conditional write is a compare-and-swap on the state its condition was checked against, so
-    a concurrent write in between makes it fail rather than be overwritten."""
-    now = datetime.now(UTC)
-    if precondition.unconditional:
-        return written(sub, await records.upsert(sub, sealed, last4, now))
-    if precondition.only_creates:
-        state = await records.insert_if_absent(sub, sealed, last4, now)
-        if state is None:
-            raise PreconditionFailed("This user already has an API key (If-None-Match: *).")
-        return written(sub, state)
-    current = await records.get_state(sub)
-    refusal = precondition.refusal(None if current is None else etag_for(current))
-    if refusal is not None:
-        raise PreconditionFailed(refusal)
-    if current is None:
-        state = await records.insert_if_absent(sub, sealed, last4, now)
-    else:
-        state = await records.replace_if_current(sub, current, sealed, last4, now)
-    if state is None:
-        raise PreconditionFailed("The key has changed since its precondition was checked.")
-    return written(sub, state)
-
-
-def written(sub: str, state: RecordState) -> WriteResult:
-    return WriteResult(_status(sub, state), etag_for(state), created=state.version == 1)
 
 
 async def get_api_key(
@@ -165,7 +99,7 @@ async def get_status(session: AsyncSession, sub: str) -> tuple[KeyStatus, str | 
             sub=sub, has_api_key=False, last4=None, created_at=None, updated_at=None, version=None
         )
         return empty, None
-    return _status(sub, state), etag_for(state)
+    return status_of(sub, state), etag_for(state)
 
 
 async def delete_api_key(session: AsyncSession, sub: str) -> int:
@@ -179,14 +113,3 @@ async def delete_api_key(session: AsyncSession, sub: str) -> int:
 def last4_of(api_key: str) -> str:
     """Short keys would give away too much of themselves; they get no hint at all."""
     return api_key[-4:] if len(api_key) >= LAST4_MIN_KEY_LENGTH else ""
-
-
-def _status(sub: str, state: RecordState) -> KeyStatus:
-    return KeyStatus(
-        sub=sub,
-        has_api_key=True,
-        last4=state.last4 or None,
-        created_at=state.created_at,
-        updated_at=state.updated_at,
-        version=state.version,
-    )

@@ -35,10 +35,9 @@ from keyvault.audit.trail import AuditTrail, log_event
 from keyvault.db.batching import Batch, BatchQueue, fail
 from keyvault.db.engine import driver_connection, is_database_outage, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
-from keyvault.keys import service
+from keyvault.keys.put import PutJob, WriteResult, apply_put, written
 from keyvault.keys.record_writes import DriverRecordWrites, RecordWrites, SessionRecordWrites
 from keyvault.keys.repository import NewRecord
-from keyvault.keys.service import PutJob, WriteResult
 
 log = logging.getLogger("keyvault")
 
@@ -162,7 +161,7 @@ async def _write(records: RecordWrites, jobs: Sequence[PutJob]) -> list[Outcome]
         new = [NewRecord(jobs[i].sub, jobs[i].sealed, jobs[i].last4) for i in pending.values()]
         states = await records.upsert_many(new, datetime.now(UTC))
         for sub, index in pending.items():
-            outcomes[index] = service.written(sub, states[sub])
+            outcomes[index] = written(sub, states[sub])
         pending.clear()
 
     for index, job in enumerate(jobs):
@@ -175,7 +174,7 @@ async def _write(records: RecordWrites, jobs: Sequence[PutJob]) -> list[Outcome]
             pending[job.sub] = index
             continue
         try:
-            outcomes[index] = await service.apply_put(
+            outcomes[index] = await apply_put(
                 records, job.sub, job.sealed, job.last4, job.precondition
             )
         except PreconditionFailed as refused:

@@ -17,10 +17,12 @@ import select
 import time
 import traceback
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from keyvault.web.middleware import current_request_id
+# The id of the request being served (set by keyvault.web.middleware.RequestId), on every line.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 # The attributes every LogRecord has; anything else on a record came in through `extra`.
 _RECORD_ATTRIBUTES: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {

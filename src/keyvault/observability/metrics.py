@@ -1,4 +1,4 @@
-"""Prometheus metrics (served by web.health_routes). No label ever holds a sub, a token or a key.
+"""Prometheus metrics and their exposition. No label ever holds a sub, a token or a key.
 
 Labels are route templates (`/users/{sub}/api-key`, never the path a caller sent), methods, status
 codes, fixed reason words, and master key ids (a fingerprint that names a master key without
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import (
@@ -25,10 +25,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from keyvault.db.engine import session_scope
-from keyvault.keys import repository
 
 log = logging.getLogger("keyvault")
 
@@ -99,7 +95,7 @@ for _limited in ("address", "principal"):
 
 
 class RecordCounts(Collector):
-    """`keyvault_records{key_id}`: one GROUP BY at scrape time, reused for a few seconds.
+    """`keyvault_records{key_id}`: `count`, one GROUP BY, at scrape time, reused for a few seconds.
 
     Computed by whichever process answers the scrape, so it is right in multiprocess mode too. When
     the database is down the last counts stay (a scrape must not fail because of it).
@@ -107,12 +103,12 @@ class RecordCounts(Collector):
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        count: Callable[[], Awaitable[Mapping[str, int]]],
         max_age_seconds: float = RECORD_COUNTS_MAX_AGE_SECONDS,
     ) -> None:
-        self._sessions = sessions
+        self._count = count
         self._max_age = max_age_seconds
-        self._counts: dict[str, int] = {}
+        self._counts: Mapping[str, int] = {}
         self._counted_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -121,8 +117,7 @@ class RecordCounts(Collector):
             if time.monotonic() - self._counted_at < self._max_age:
                 return
             try:
-                async with session_scope(self._sessions) as session:
-                    self._counts = await repository.count_records_by_key_id(session)
+                self._counts = await self._count()
             except Exception as error:  # whatever the database does, the scrape must answer
                 log.warning(
                     "records by key id not refreshed (%s); reporting the last counts",

@@ -1,4 +1,5 @@
-"""Rate limits per client address (before anything else runs) and per token subject (after auth).
+"""Rate limits per client address (before anything else runs) and per token subject (after auth);
+keyvault.web.middleware.AddressRateLimit applies the first, the auth dependency the second.
 
 Budgets are kept with the sliding-window counter of the `limits` library: in Redis by `limits`
 itself, where every replica draws on one shared budget, or in this process's memory by
@@ -20,18 +21,14 @@ from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyvault.config import REDIS_SCHEMES, Settings, parse_rate_limit
 from keyvault.errors import TooManyRequests
 from keyvault.observability import metrics
 from keyvault.ratelimit.local_windows import LocalSlidingWindows
-from keyvault.web.problems import problem_response
 
 log = logging.getLogger("keyvault")
 
-# Probes and the scraper must keep working while a client is being throttled.
-EXEMPT_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 REDIS_TIMEOUT_SECONDS: Final = 0.25
 # After Redis fails, skip it for a moment instead of paying its timeout on every request.
 STORAGE_RETRY_SECONDS: Final = 1.0
@@ -140,38 +137,3 @@ class RateLimiter:
                 extra={"event": "rate_limit_storage_down"},
             )
         self._storage_down_until = time.monotonic() + STORAGE_RETRY_SECONDS
-
-
-class AddressRateLimit:
-    """ASGI middleware: 429 for a client address over its budget, before the body or token is read.
-
-    The address is the peer uvicorn reports; behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides
-    whether X-Forwarded-For is believed.
-    """
-
-    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
-        self.app = app
-        self.limiter = limiter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] in EXEMPT_PATHS
-            or not self.limiter.limits_addresses
-        ):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        retry_after = await self.limiter.retry_after_for_address(client[0] if client else "unknown")
-        if retry_after is None:
-            await self.app(scope, receive, send)
-            return
-        metrics.RATE_LIMITED.labels("address").inc()
-        response = problem_response(
-            TooManyRequests.status,
-            TooManyRequests.slug,
-            TooManyRequests.title,
-            "This client address has made too many requests; retry later.",
-            {"Retry-After": str(retry_after)},
-        )
-        await response(scope, receive, send)

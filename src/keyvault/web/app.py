@@ -25,13 +25,18 @@ from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
 from keyvault.master_keys.unlock import unlock
-from keyvault.observability import metrics
-from keyvault.ratelimit.limiter import AddressRateLimit, RateLimiter
+from keyvault.ratelimit.limiter import RateLimiter
 from keyvault.web import audit_routes, health_routes, key_routes
 from keyvault.web.docs import install_docs
 from keyvault.web.http_methods import HeadAsGet
 from keyvault.web.key_endpoints import KeyOperations
-from keyvault.web.middleware import BodySizeLimit, LastResortErrors, RequestId, SecurityHeaders
+from keyvault.web.middleware import (
+    AddressRateLimit,
+    BodySizeLimit,
+    LastResortErrors,
+    RequestId,
+    SecurityHeaders,
+)
 from keyvault.web.problems import install_error_handlers
 from keyvault.web.state import AppState
 from keyvault.web.telemetry import RequestTelemetry
@@ -138,7 +143,7 @@ def create_app(
             app.keyvault = AppState(
                 sessions=sessions,
                 record_reader=reader,
-                record_counts=metrics.RecordCounts(sessions),
+                record_counts=health_routes.record_counts(sessions),
                 keyring=unlocked,
                 audit=audit,
                 key_writes=writes,

@@ -12,7 +12,11 @@ from fastapi import APIRouter, Depends, Query
 
 from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import Action, ChainedEvent, Outcome
-from keyvault.audit.query import (
+from keyvault.audit.repository import EventFilter
+from keyvault.auth.tokens import ANY_KEY_ACCESS, Principal
+from keyvault.db.models import SUB_MAX_LENGTH
+from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+from keyvault.web.audit_query import (
     CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
     FILTER_PATTERN,
@@ -20,10 +24,7 @@ from keyvault.audit.query import (
     decode_cursor,
     encode_cursor,
 )
-from keyvault.audit.repository import EventFilter
-from keyvault.auth.tokens import ANY_KEY_ACCESS, AuditReader, Principal, SubjectPath, require
-from keyvault.db.models import SUB_MAX_LENGTH
-from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
+from keyvault.web.dependencies import AuditReader, SubjectPath, require
 from keyvault.web.key_routes import problems
 from keyvault.web.routing import SUBJECT_PATH
 from keyvault.web.state import Session

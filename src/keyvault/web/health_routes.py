@@ -8,14 +8,26 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.db.engine import session_scope
 from keyvault.errors import Unauthorized
-from keyvault.observability.metrics import render
+from keyvault.keys import repository
+from keyvault.observability.metrics import RecordCounts, render
 from keyvault.web.key_routes import problems
 from keyvault.web.state import State, state_of
 
 router = APIRouter()
+
+
+def record_counts(sessions: async_sessionmaker[AsyncSession]) -> RecordCounts:
+    """The `keyvault_records` collector, counting the key records in `sessions`' database."""
+
+    async def count() -> dict[str, int]:
+        async with session_scope(sessions) as session:
+            return await repository.count_records_by_key_id(session)
+
+    return RecordCounts(count)
 
 
 @router.get("/healthz", summary="The process is up", tags=["health"])

@@ -9,15 +9,9 @@ is a 422 audited with the caller's identity.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class UnreadableBody:
-    """What a body that is not UTF-8 JSON reads as; `reason` names the rule, never the bytes."""
-
-    reason: str
+from keyvault.keys.schemas import UnreadableBody
 
 
 def read_json(body: bytes) -> Any:

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 from starlette.types import Receive, Scope
 
+from keyvault.auth.subjects import SUB_MAX_LENGTH, sub_problem
 from keyvault.errors import InvalidRequest, Problem
-from keyvault.keys.input_rules import SUB_MAX_LENGTH, sub_problem
 from keyvault.keys.schemas import ApiKeyWrite
 from keyvault.web.json_body import read_json
 from keyvault.web.problems import validation_reasons

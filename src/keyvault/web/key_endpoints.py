@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from fastapi.routing import APIRoute
 from starlette.datastructures import URL
@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyvault.audit.events import Action
 from keyvault.audit.trail import RequestAudit
+from keyvault.auth.subjects import sub_problem
 from keyvault.auth.tokens import (
     ANY_KEY_ACCESS,
     DELETE_ACCESS,
@@ -55,17 +56,13 @@ from keyvault.errors import (
     Unauthorized,
 )
 from keyvault.keys import service
-from keyvault.keys.input_rules import sub_problem
 from keyvault.keys.preconditions import precondition_of
+from keyvault.keys.put import WriteResult
 from keyvault.keys.schemas import ApiKeyRead
-from keyvault.keys.service import WriteResult
 from keyvault.observability import metrics
 from keyvault.web.key_bodies import body_reasons, read_key_write, sub_reasons
 from keyvault.web.problems import method_not_allowed, problem_answer
-from keyvault.web.state import AppState
-
-if TYPE_CHECKING:
-    from keyvault.web.app import KeyvaultApp
+from keyvault.web.state import AppState, HoldsState
 
 log = logging.getLogger("keyvault")
 
@@ -94,7 +91,7 @@ class KeyOperations:
     anything, a newline included (refused as an invalid sub), and no path ends in a newline.
     """
 
-    def __init__(self, app: ASGIApp, keyvault: KeyvaultApp, documented: list[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, keyvault: HoldsState, documented: list[BaseRoute]) -> None:
         self.app = app
         self._keyvault = keyvault
         self._key: dict[str, Operation] = {}

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, status
 
-from keyvault.auth.tokens import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.errors import (
     PROBLEM_JSON,
     PROBLEM_TYPE_BASE,
@@ -29,6 +28,7 @@ from keyvault.errors import (
     Unauthorized,
 )
 from keyvault.keys.schemas import ApiKeyRead, ApiKeyWrite, KeyStatus, ProblemDetails
+from keyvault.web.dependencies import KeyDeleter, KeyReader, KeyWriter, StatusReader, SubjectPath
 from keyvault.web.routing import SUBJECT_PATH
 
 

@@ -1,18 +1,19 @@
-"""ASGI middleware: body size limit, last-resort error handling, headers on every response."""
+"""ASGI middleware: request id, address rate limit, body size limit, last-resort errors, headers."""
 
 from __future__ import annotations
 
 import logging
 import re
 import secrets
-from contextvars import ContextVar
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyvault.db.engine import is_database_outage
-from keyvault.errors import PayloadTooLarge
-from keyvault.observability.metrics import DATABASE_UNAVAILABLE
+from keyvault.errors import PayloadTooLarge, TooManyRequests
+from keyvault.observability import metrics
+from keyvault.observability.logs import current_request_id
+from keyvault.ratelimit.limiter import RateLimiter
 from keyvault.web.problems import problem_response
 
 log = logging.getLogger("keyvault")
@@ -22,9 +23,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is echoed into logs and headers, so only a plain token is taken as given.
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
-current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
-
 UNMATCHED_ROUTE: Final = "<unmatched>"
+# Probes and the scraper must keep working while a client is being throttled.
+RATE_LIMIT_EXEMPT_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def route_template(scope: Scope) -> str:
@@ -65,6 +66,41 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             current_request_id.reset(token)
+
+
+class AddressRateLimit:
+    """ASGI middleware: 429 for a client address over its budget, before the body or token is read.
+
+    The address is the peer uvicorn reports; behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides
+    whether X-Forwarded-For is believed.
+    """
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in RATE_LIMIT_EXEMPT_PATHS
+            or not self.limiter.limits_addresses
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        retry_after = await self.limiter.retry_after_for_address(client[0] if client else "unknown")
+        if retry_after is None:
+            await self.app(scope, receive, send)
+            return
+        metrics.RATE_LIMITED.labels("address").inc()
+        response = problem_response(
+            TooManyRequests.status,
+            TooManyRequests.slug,
+            TooManyRequests.title,
+            "This client address has made too many requests; retry later.",
+            {"Retry-After": str(retry_after)},
+        )
+        await response(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -160,7 +196,7 @@ async def _respond_to_unexpected(
     error: Exception, scope: Scope, receive: Receive, send: Send
 ) -> None:
     if is_database_outage(error):
-        DATABASE_UNAVAILABLE.inc()
+        metrics.DATABASE_UNAVAILABLE.inc()
         log.warning(
             "database unavailable (%s)",
             type(error).__name__,

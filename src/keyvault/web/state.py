@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 from pydantic import SecretStr
@@ -21,9 +21,6 @@ from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.observability.metrics import RecordCounts
 from keyvault.ratelimit.limiter import RateLimiter
-
-if TYPE_CHECKING:
-    from keyvault.web.app import KeyvaultApp
 
 
 @dataclass(slots=True)
@@ -42,7 +39,14 @@ class AppState:
     metrics_token: SecretStr | None
 
 
-def state_of(app: KeyvaultApp) -> AppState:
+class HoldsState(Protocol):
+    """What the app is to those who read its state (web.app.KeyvaultApp), named without importing
+    the app factory, which imports them."""
+
+    keyvault: AppState | None
+
+
+def state_of(app: HoldsState) -> AppState:
     """The app's state; 503 while the app is not started (or no longer ready)."""
     if app.keyvault is None:
         raise ServiceUnavailable("The master key has not been verified.")

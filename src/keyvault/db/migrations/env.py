@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from keyvault.db.engine import create_engine
+from keyvault.db.engine import DEFAULT_DATABASE_URL, create_engine
 from keyvault.db.models import Base
 
 config = context.config
@@ -15,12 +16,11 @@ target_metadata = Base.metadata
 
 
 def _database_url() -> str:
+    """The URL `keyvault migrate` and the tests set on the Config (keyvault.db.migrations); for the
+    bare `alembic` command in a checkout, KEYVAULT_DATABASE_URL as the environment has it: an async
+    driver's URL, read without the settings' .env file, `_FILE` variant or `postgres://` rewrite."""
     url = config.get_main_option("sqlalchemy.url")
-    if url:
-        return url
-    from keyvault.config import get_settings
-
-    return get_settings().database_url.get_secret_value()
+    return url or os.environ.get("KEYVAULT_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def _run(connection: Connection) -> None:
