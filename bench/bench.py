@@ -28,338 +28,50 @@ import asyncio
 import json
 import os
 import platform
-import re
-import secrets
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import asyncpg
-import httpx
-from sqlalchemy.engine import make_url
-
-from keyvault.auth.tokens import mint_token
-from keyvault.config import Settings
-from keyvault.crypto.records import MIN_KDF_ITERATIONS
-from keyvault.db.engine import create_engine, create_sessionmaker, session_scope
-from keyvault.keys import service
-from keyvault.master_keys.unlock import unlock
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-LUA = HERE / "load.lua"
-SERVER_CPU = "0"
-LOAD_CPU = "1"
-HOST = "127.0.0.1"
-ADMIN_URL = os.environ.get(
-    "KEYVAULT_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres"
+from bench.database import (
+    asyncpg_dsn,
+    create_database,
+    drop_database,
+    seed,
 )
-STARTUP_DEADLINE_SECONDS = 60.0
-STOP_DEADLINE_SECONDS = 10.0
-SEED_BATCH = 200
-ROTATION_RECORDS = 100_000
-ROTATION_RUNS = 3
-ROTATION_TIMEOUT_SECONDS = 600
-ROTATION_TARGET_RECORDS_PER_S = 5_000  # issue 3
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-
-@dataclass
-class Run:
-    """Everything started, so that everything is stopped."""
-
-    servers: list[Server] = field(default_factory=list)
-    databases: list[str] = field(default_factory=list)
-
-
-# --- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start(server: Server, workdir: Path) -> None:
-    server.log = workdir / f"{server.name}.log"
-    with server.log.open("ab") as log:
-        server.process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *server.argv],
-            env=server.env,
-            cwd=workdir,  # no developer's .env is read from here
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-        )
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            tail = server.log.read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"{server.name} exited at start:\n" + "\n".join(tail))
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"http://{HOST}:{server.port}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} did not answer /healthz within {STARTUP_DEADLINE_SECONDS}s")
-
-
-def stop(server: Server) -> None:
-    process = server.process
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_DEADLINE_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    assert match is not None
-    return int(match.group(1)) / 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used: per request, a figure other load cannot inflate."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pinned_load(argv: list[str], env: dict[str, str], timeout: float) -> str:
-    completed = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    return completed.stdout
-
-
-# --- measurements -------------------------------------------------------------------------------
-
-
-def wrk(
-    server: Server, method: str, users: int, token: str, seconds: int, connections: int
-) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_USERS": str(users), "BENCH_TOKEN": token, "BENCH_METHOD": method}
-    argv = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(LUA),
-        f"http://{HOST}:{server.port}",
-    ]
-    cpu_before = cpu_seconds(server.pid)
-    output = pinned_load(argv, env, timeout=seconds + 60)
-    cpu_used = cpu_seconds(server.pid) - cpu_before
-    line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
-    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    result["server_cpu_us_per_request"] = cpu_used * 1e6 / max(result["requests"], 1)
-    result["client"] = f"wrk -t1 -c{connections} -d{seconds}s (closed loop)"
-    failed = sum(result["errors"].values())
-    result["failed"] = failed
-    # At saturation the service sheds the odd request with a fast 503 (its 0.5 s pool wait or
-    # statement timeout); they are reported with the figures, and more than one in a hundred
-    # marks the figure invalid in the report rather than ending the run.
-    if failed:
-        print(f"bench: {server.name} {method}: {failed} non-2xx answers {result['errors']}")
-    return result
-
-
-def open_loop(server: Server, mode: str, token: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_TOKEN": token, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "bench.open_loop", mode, "--port", str(server.port), *args]
-    cpu_before = cpu_seconds(server.pid)
-    result: dict[str, Any] = json.loads(pinned_load(argv, env, timeout=600))
-    cpu_used = cpu_seconds(server.pid) - cpu_before
-    result["server_cpu_us_per_request"] = cpu_used * 1e6 / max(result["requests"], 1)
-    if set(result["statuses"]) != {"200"} or result.get("failures"):
-        raise RuntimeError(f"{server.name} open loop: unexpected answers {result['statuses']}")
-    return result
-
-
-def measure_rotation(state: Run, workdir: Path) -> dict[str, Any]:
-    """`keyvault rotate`'s rewrap loop over ROTATION_RECORDS records, on the server CPU.
-
-    Its own database, so the service's rows and their dead tuples do not weigh on it; created and
-    dropped here (not by the child) so that an interrupted run still drops it.
-    """
-    name = f"keyvault_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_database(name))
-    state.databases.append(name)
-    url = make_url(ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    argv = [
-        sys.executable, "-m", "bench.bench_rotation",
-        "--database-url", url.render_as_string(hide_password=False),
-        "--records", str(ROTATION_RECORDS), "--runs", str(ROTATION_RUNS), "--json",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        completed = subprocess.run(
-            ["taskset", "-c", SERVER_CPU, *argv],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=ROTATION_TIMEOUT_SECONDS,
-            check=True,
-        )
-    finally:
-        asyncio.run(drop_database(name))
-        state.databases.remove(name)
-    line = next(line for line in completed.stdout.splitlines() if line.startswith("BENCH_JSON "))
-    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    result["client"] = f"bench/bench_rotation.py on CPU {SERVER_CPU}, median of {ROTATION_RUNS}"
-    return result
-
-
-# --- database -----------------------------------------------------------------------------------
-
-
-def asyncpg_dsn(database: str) -> str:
-    url = make_url(ADMIN_URL).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-async def create_database(name: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(make_url(ADMIN_URL).database or "postgres"))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def drop_database(name: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(make_url(ADMIN_URL).database or "postgres"))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
-async def seed(settings: Settings, users: int) -> None:
-    """N users through the service's own code, then the ceiling's copy of the same rows."""
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        sessions = create_sessionmaker(engine)
-        keyring = await unlock(
-            sessions, settings.master_key(), iterations_for_new=MIN_KDF_ITERATIONS
-        )
-        for first in range(1, users + 1, SEED_BATCH):
-            async with session_scope(sessions) as session:
-                for index in range(first, min(first + SEED_BATCH, users + 1)):
-                    api_key = f"sk-bench-{secrets.token_hex(16)}"
-                    await service.put_api_key(session, keyring, f"bench-user-{index:05d}", api_key)
-    finally:
-        await engine.dispose()
-    connection = await asyncpg.connect(
-        asyncpg_dsn(make_url(settings.database_url.get_secret_value()).database or "")
-    )
-    try:
-        await connection.execute(
-            "CREATE TABLE ceiling_api_keys (LIKE api_keys INCLUDING ALL);"
-            "INSERT INTO ceiling_api_keys SELECT * FROM api_keys;"
-            "ANALYZE"
-        )
-    finally:
-        await connection.close()
-
-
-# --- the run ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def stopped_on_signals() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop servers and drop the database."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def check_machine() -> None:
-    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
-    if missing:
-        sys.exit(f"bench: missing {', '.join(missing)} (apt-get install -y wrk util-linux)")
-    if len(os.sched_getaffinity(0)) < 2:
-        sys.exit("bench: needs two CPUs (server on CPU 0, load generator on CPU 1)")
+from bench.phases import (
+    ROTATION_RECORDS,
+    ROTATION_TARGET_RECORDS_PER_S,
+    measure_rotation,
+    open_loop,
+    wrk,
+)
+from bench.servers import (
+    HOST,
+    LOAD_CPU,
+    REPO,
+    SERVER_CPU,
+    Run,
+    Server,
+    check_machine,
+    free_port,
+    peak_rss_mb,
+    service_environment,
+    settings_of,
+    start,
+    stop,
+    stopped_on_signals,
+)
+from keyvault.auth.tokens import mint_token
 
 
 def ratio(value: float, ceiling: float) -> float:
     return round(value / ceiling, 3) if ceiling else float("nan")
-
-
-def service_environment(database: str) -> dict[str, str]:
-    """`keyvault serve`'s environment over the throw-away `database`: fresh secrets, none of the
-    caller's own KEYVAULT_ settings."""
-    database_url = make_url(ADMIN_URL).set(drivername="postgresql+asyncpg", database=database)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")},
-        "MASTER_ENCRYPTION_KEY": secrets.token_urlsafe(32),
-        "KEYVAULT_JWT_SECRET": secrets.token_urlsafe(48),
-        "KEYVAULT_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        # One token from one address drives all the load: a budget it can never exhaust keeps the
-        # limiter's cost in the figures without turning the run into a stream of 429s.
-        "KEYVAULT_RATE_LIMIT": "1000000/second",
-        # The token is a service token (users:any), which draws on the service budget instead.
-        "KEYVAULT_RATE_LIMIT_SERVICE": "1000000/second",
-    }
-    env.pop("MASTER_ENCRYPTION_KEY_FILE", None)
-    return env
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    """The Settings a service started with `env` has, for seeding and minting its tokens here."""
-    return Settings(
-        _env_file=None,
-        MASTER_ENCRYPTION_KEY=env["MASTER_ENCRYPTION_KEY"],
-        jwt_secret=env["KEYVAULT_JWT_SECRET"],
-        database_url=env["KEYVAULT_DATABASE_URL"],
-    )
 
 
 def run(args: argparse.Namespace, state: Run, workdir: Path) -> dict[str, Any]:

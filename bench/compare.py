@@ -24,7 +24,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench import bench
+from bench import database as bench_database
+from bench import phases as bench_phases
+from bench import servers as bench_servers
 from keyvault.auth.tokens import mint_token
 
 WORKTREE = "WORKTREE"
@@ -33,11 +35,11 @@ WORKTREE = "WORKTREE"
 def source_tree(revision: str, into: Path) -> Path:
     """The `src/` of `revision`, and the alembic/ beside it where migrations were not yet inside it."""
     if revision == WORKTREE:
-        return bench.REPO / "src"
+        return bench_servers.REPO / "src"
     into.mkdir(parents=True)
     has_alembic_folder = (
         subprocess.run(
-            ["git", "-C", str(bench.REPO), "cat-file", "-e", f"{revision}:alembic"],
+            ["git", "-C", str(bench_servers.REPO), "cat-file", "-e", f"{revision}:alembic"],
             capture_output=True,
             check=False,
         ).returncode
@@ -45,7 +47,7 @@ def source_tree(revision: str, into: Path) -> Path:
     )
     paths = ["src", "alembic"] if has_alembic_folder else ["src"]
     archive = subprocess.run(
-        ["git", "-C", str(bench.REPO), "archive", revision, *paths],
+        ["git", "-C", str(bench_servers.REPO), "archive", revision, *paths],
         capture_output=True,
         check=True,
     ).stdout
@@ -53,11 +55,11 @@ def source_tree(revision: str, into: Path) -> Path:
     return into / "src"
 
 
-def compare(args: argparse.Namespace, state: bench.Run, workdir: Path) -> None:
+def compare(args: argparse.Namespace, state: bench_servers.Run, workdir: Path) -> None:
     name = f"keyvault_compare_{uuid.uuid4().hex[:10]}"
-    asyncio.run(bench.create_database(name))
+    asyncio.run(bench_database.create_database(name))
     state.databases.append(name)
-    env = bench.service_environment(name)
+    env = bench_servers.service_environment(name)
     trees = [source_tree(rev, workdir / f"tree-{n}") for n, rev in enumerate(args.revisions)]
     print(f"compare: database {name}; migrating and seeding {args.users} users", flush=True)
     subprocess.run(
@@ -67,36 +69,38 @@ def compare(args: argparse.Namespace, state: bench.Run, workdir: Path) -> None:
         check=True,
         timeout=300,
     )
-    settings = bench.settings_of(env)
-    asyncio.run(bench.seed(settings, args.users))
+    settings = bench_servers.settings_of(env)
+    asyncio.run(bench_database.seed(settings, args.users))
     token = mint_token(settings, "bench-caller", "api-key:read api-key:write users:any", 3600)
 
     servers = []
     for n, (revision, tree) in enumerate(zip(args.revisions, trees, strict=True)):
-        port = bench.free_port()
+        port = bench_servers.free_port()
         argv = [
             sys.executable,
             "-m",
             "keyvault",
             "serve",
             "--host",
-            bench.HOST,
+            bench_servers.HOST,
             "--port",
             str(port),
         ]
-        server = bench.Server(f"{n}-{revision}", argv, {**env, "PYTHONPATH": str(tree)}, port)
+        server = bench_servers.Server(
+            f"{n}-{revision}", argv, {**env, "PYTHONPATH": str(tree)}, port
+        )
         state.servers.append(server)
-        bench.start(server, workdir)
+        bench_servers.start(server, workdir)
         servers.append(server)
 
     cpu: dict[str, list[float]] = {server.name: [] for server in servers}
     rps: dict[str, list[float]] = {server.name: [] for server in servers}
     for server in servers:
-        bench.wrk(server, args.method, args.users, token, args.seconds, args.connections)
+        bench_phases.wrk(server, args.method, args.users, token, args.seconds, args.connections)
     for round_number in range(1, args.rounds + 1):
         print(f"compare: round {round_number} of {args.rounds}", flush=True)
         for server in servers:
-            result = bench.wrk(
+            result = bench_phases.wrk(
                 server, args.method, args.users, token, args.seconds, args.connections
             )
             cpu[server.name].append(result["server_cpu_us_per_request"])
@@ -122,16 +126,19 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args()
-    bench.check_machine()
-    state = bench.Run()
-    with bench.stopped_on_signals(), tempfile.TemporaryDirectory(prefix="keyvault-cmp-") as tmp:
+    bench_servers.check_machine()
+    state = bench_servers.Run()
+    with (
+        bench_servers.stopped_on_signals(),
+        tempfile.TemporaryDirectory(prefix="keyvault-cmp-") as tmp,
+    ):
         try:
             compare(args, state, Path(tmp))
         finally:
             for server in state.servers:
-                bench.stop(server)
+                bench_servers.stop(server)
             for database in state.databases:
-                asyncio.run(bench.drop_database(database))
+                asyncio.run(bench_database.drop_database(database))
 
 
 if __name__ == "__main__":
