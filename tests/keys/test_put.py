@@ -88,6 +88,8 @@ async def test_key_of_exactly_1024_characters_is_accepted(
     [
         {"api_key": CANARY, "extra": CANARY},
         {"apikey": CANARY},
+        {CANARY: "the key sent as a field name"},
+        {"api_key": "sk-0123456789abcdef", CANARY: 1},
         {"api_key": [CANARY]},
         [CANARY],
         CANARY,

@@ -96,7 +96,7 @@ EXPECTED: dict[str, Expect] = {
     ),
     "extra field": Expect(
         422,
-        "note: Extra inputs are not permitted",
+        "body: Extra inputs are not permitted",
         [("put", "invalid_request", ALICE, ALICE, None)],
     ),
     "if-match a stale etag": Expect(

@@ -57,9 +57,12 @@ def validation_reasons(errors: Iterable[Any], prefix: tuple[str, ...]) -> list[s
 
 
 def _describe_validation_error(error: Any, prefix: tuple[str, ...]) -> str:
+    message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "extra_forbidden":
+        # An unexpected field is named by the client, and its name may be the key itself.
+        return f"body: {message}"
     loc = (*prefix, *error.get("loc", ()))
     location = ".".join(str(part) for part in loc if part != "body")
-    message = str(error.get("msg", "invalid value"))
     if error.get("type") == "json_invalid":
         message = "body is not valid JSON"
     return f"{location}: {message}" if location else message
