@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.keys import service
 from keyvault.observability.logs import JsonFormatter
@@ -106,3 +107,30 @@ async def test_an_unhandled_error_in_a_key_operation_leaves_one_error_event_and_
     assert [(e.event.action, e.event.outcome, e.event.actor) for e in events] == [
         (action, "error", CANARY_SUB)
     ]
+
+
+async def _failing_commit(_session: AsyncSession) -> NoReturn:
+    raise RuntimeError(f"commit failed for {CANARY_SUB}")
+
+
+async def test_a_delete_whose_commit_fails_leaves_one_error_event_and_the_key(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = bearer(mint(CANARY_SUB, "api-key:read api-key:write api-key:delete"))
+    async with private_service(backend, tmp_path) as vault:
+        stored = await vault.client.put(
+            f"/users/{CANARY_SUB}/api-key",
+            json={"api_key": "sk-canary-0123456789"},
+            headers=headers,
+        )
+        assert stored.status_code == 201
+        before = len(await stored_events(vault.database_url))
+        with monkeypatch.context() as patched:
+            patched.setattr(AsyncSession, "commit", _failing_commit)
+            response = await vault.client.delete(f"/users/{CANARY_SUB}/api-key", headers=headers)
+        events = (await stored_events(vault.database_url))[before:]
+        still_there = await vault.client.get(f"/users/{CANARY_SUB}/api-key", headers=headers)
+
+    assert response.status_code == 500
+    assert [(e.event.action, e.event.outcome) for e in events] == [("delete", "error")]
+    assert still_there.status_code == 200

@@ -225,9 +225,9 @@ class RequestAudit:
         return self._event(Outcome.ok, None)
 
     async def succeeded_in(self, session: AsyncSession, *, key_version: int | None) -> None:
-        """A mutation: its event joins the change in `session`'s transaction."""
+        """A mutation: its event joins the change in `session`'s transaction. Set `recorded` once
+        that committed: a failed commit takes the event with it, and the failure needs its own."""
         await self._trail.record_in(session, self._event(Outcome.ok, key_version))
-        self.recorded = True
 
     async def failed(self, error: Exception) -> None:
         """The request ends without success: a refusal (a `Problem`) or an error."""

@@ -276,6 +276,7 @@ async def delete_api_key(
     async with session_scope(state.sessions) as session:
         version = await service.delete_api_key(session, sub)
         await audit.succeeded_in(session, key_version=version)
+    audit.recorded = True  # committed with the change
     return Response(status_code=204)
 
 
