@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -150,3 +151,15 @@ async def test_malformed_step_up_claims_count_as_absent(
         headers=_user(unique_sub, acr=["urn:keyvault:mfa"], amr="mfa", auth_time=True),
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("auth_time", [math.inf, -math.inf, math.nan])
+async def test_a_non_finite_auth_time_counts_as_absent(
+    strict_client: httpx.AsyncClient, unique_sub: str, auth_time: float
+) -> None:
+    response = await strict_client.get(
+        key_path(unique_sub),
+        headers=_user(unique_sub, acr="urn:keyvault:mfa", amr=["mfa"], auth_time=auth_time),
+    )
+    assert response.status_code == 401
+    assert "insufficient_user_authentication" in response.headers["WWW-Authenticate"]

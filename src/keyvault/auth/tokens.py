@@ -13,6 +13,7 @@ or with the generic `JWT` are taken too: deployments hold such tokens from older
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -149,9 +150,11 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
         amr=frozenset(m for m in amr if isinstance(m, str))
         if isinstance(amr, list)
         else frozenset(),
-        # bool is an int in Python; `true` is no time.
+        # bool is an int in Python; `true` is no time, and neither is Infinity or NaN.
         auth_time=int(auth_time)
-        if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
+        if isinstance(auth_time, int | float)
+        and not isinstance(auth_time, bool)
+        and math.isfinite(auth_time)
         else None,
     )
 
