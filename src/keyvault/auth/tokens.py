@@ -23,7 +23,6 @@ import jwt
 
 from keyvault.auth.jwks import JwksCache
 from keyvault.auth.stepup import StepUpPolicy
-from keyvault.auth.subjects import sub_problem
 from keyvault.auth.token_cache import VerifiedTokenCache
 from keyvault.config import Settings, media_type
 from keyvault.errors import Forbidden, Unauthorized
@@ -159,11 +158,6 @@ def _principal_from(claims: dict[str, Any]) -> Principal:
     )
 
 
-def valid_subject(value: str) -> bool:
-    """Whether `value` is a sub a request may name (see keyvault.auth.subjects)."""
-    return sub_problem(value) is None
-
-
 def bearer_token(authorization: str | None) -> str | None:
     """The credentials of an `Authorization: Bearer …` header, read exactly as HTTPBearer reads it."""
     scheme, _, credentials = (authorization or "").partition(" ")
@@ -187,8 +181,6 @@ class Access:
     step_up: str | None = None
 
 
-# READ_ACCESS and WRITE_ACCESS are also what keyvault.read_path and keyvault.write_path check on
-# their short paths for the same routes.
 READ_ACCESS: Final = Access((Scope.read,), step_up="read")
 WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
 DELETE_ACCESS: Final = Access((Scope.delete,), step_up="delete")
