@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -153,12 +153,12 @@ async def test_http2_body_without_a_length_over_16_kib_is_413(
         {"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks
     ]
     messages[-1]["more_body"] = False
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     authorization = f"Bearer {token('alice', WRITE)}".encode()
