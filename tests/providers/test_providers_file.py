@@ -9,7 +9,12 @@ import pytest
 
 from keyvault.config import ConfigurationError, Settings
 from keyvault.providers.providers_file import load_providers
-from keyvault.providers.registry import Provider, provider_name_problem
+from keyvault.providers.registry import (
+    ANTHROPIC_PROXY_PATHS,
+    OPENAI_PROXY_PATHS,
+    Provider,
+    provider_name_problem,
+)
 from keyvault.web.app import create_app
 from tests.cli.test_cli import assert_one_line_failure, keyvault, service_env
 from tests.conftest import make_settings
@@ -39,7 +44,9 @@ def test_the_built_in_providers_send_the_key_their_own_way(tmp_path: Path) -> No
     providers = load_providers(_settings(tmp_path))
     openai, anthropic = providers.get("openai"), providers.get("anthropic")
     assert providers.names == ["openai", "anthropic"]
-    assert openai == Provider("openai", "https://api.openai.com/v1", "models")
+    assert openai == Provider(
+        "openai", "https://api.openai.com/v1", "models", proxy_paths=OPENAI_PROXY_PATHS
+    )
     assert openai.url(openai.validation_path) == "https://api.openai.com/v1/models"
     assert openai.key_headers("sk-1") == [("authorization", "Bearer sk-1")]
     assert anthropic is not None

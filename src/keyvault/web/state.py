@@ -22,6 +22,7 @@ from keyvault.keys.writes import KeyWrites
 from keyvault.observability.metrics import RecordCounts
 from keyvault.providers.registry import Providers
 from keyvault.providers.validation import KeyValidator
+from keyvault.proxy.forwarding import Upstreams
 from keyvault.ratelimit.limiter import RateLimiter
 
 
@@ -37,6 +38,8 @@ class AppState:
     key_writes: KeyWrites
     providers: Providers
     key_validator: KeyValidator
+    proxy: Upstreams
+    proxy_max_body_bytes: int
     token_verifier: TokenVerifier
     rate_limiter: RateLimiter
     step_up: StepUpPolicy
