@@ -94,6 +94,9 @@ def fake_provider(validation_paths: frozenset[str] = VALIDATION_PATHS) -> Iterat
         def do_HEAD(self) -> None:
             self._handle()
 
+        def do_OPTIONS(self) -> None:
+            self._handle()
+
         def _handle(self) -> None:
             header_list = tuple((name.lower(), value) for name, value in self.headers.items())
             headers: dict[str, str] = {}

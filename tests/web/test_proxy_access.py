@@ -4,14 +4,18 @@ problem+json answer before anything is sent to the provider, and is audited."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from keyvault.crypto.records import Keyring
-from tests.audit_support import execute_sql, new_sub, stored_events
+from keyvault.db.engine import create_engine
+from keyvault.db.models import ApiKeyRecord
+from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, mint
 from tests.fake_provider import FakeProvider, fake_provider
 from tests.web.proxy_support import (
@@ -259,12 +263,16 @@ async def test_an_expired_key_is_404_unsent(
     http: httpx.AsyncClient, fake: FakeProvider, database_url: str
 ) -> None:
     sub = await user_with_keys(http, ("openai",), expires_at="2099-01-01T00:00:00Z")
-    await execute_sql(
-        database_url,
-        "UPDATE api_keys SET expires_at = :past WHERE sub = :sub",
-        past="2020-01-01 00:00:00+00:00",
-        sub=sub,
-    )
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(ApiKeyRecord)
+                .where(ApiKeyRecord.sub == sub)
+                .values(expires_at=datetime(2020, 1, 1, tzinfo=UTC))
+            )
+    finally:
+        await engine.dispose()
     answer = await _refused(
         http, fake, "POST", "/proxy/openai/chat/completions", json=CHAT, headers=as_service(sub)
     )

@@ -12,10 +12,12 @@ One lean ASGI endpoint, as the key operations are (web.key_endpoints), taking it
     (404) → the call (502, 504; 413 for a body that grows too large) → the answer, streamed → its
     audit event
 
-Nothing goes upstream before every check has passed. A forwarded call's audit event is recorded
-once the call has ended, since it names the provider's status, the duration and the bytes each way;
-the key's record was read from the same database just before. A caller that goes away cancels the
-call; a provider that breaks off after its answer began leaves the caller's connection cut, never a
+Nothing goes upstream before every check has passed. A forwarded call's audit event names the
+provider's status, the duration and the bytes each way, so it is recorded once they are known: for
+an answer read whole (keyvault.proxy.forwarding), before it is passed on, which is withheld (503)
+when the event cannot be stored; for a streamed answer, once the stream has ended (the key's record
+was read from the same database just before). A caller that goes away cancels the call; a provider
+that breaks off after its answer began leaves the caller's connection cut, never a
 complete-looking answer.
 """
 
@@ -190,13 +192,15 @@ async def _forward(
     receive: Receive,
     send: Send,
 ) -> None:
-    """The call itself, its answer passed on as it arrives, then its audit event and metrics."""
+    """The call itself, its answer passed on as it arrives, its audit event and its metrics."""
     assert audit.call is not None
     call = audit.call
+    provider = upstream.provider.name
     caller = Caller(receive, state.proxy_max_body_bytes)
     answer: Answer | None = None
     problem: Problem | None = None
     started = time.perf_counter()
+    seconds = 0.0
     try:
         try:
             if not has_body:
@@ -210,6 +214,12 @@ async def _forward(
                 api_key.get_secret_value(),
             )
             call.upstream_status = answer.status
+            if answer.whole:
+                # Read whole already: its event is committed before the answer goes on, as a key
+                # read's is (and the answer withheld, 503, when it cannot be).
+                seconds = _measure(call, caller, answer, started)
+                audit.succeeded(key_version=version)
+                await audit.settled()
             await _pass_on(answer, caller, send)
         finally:
             caller.finish()
@@ -222,30 +232,41 @@ async def _forward(
         problem = ClientClosedRequest()
     except Problem as refused:
         problem = ClientClosedRequest() if caller.gone else refused
-    seconds = time.perf_counter() - started
-    call.duration_ms = round(seconds * 1000)
-    call.request_bytes = caller.received
-    call.response_bytes = answer.received if answer is not None else 0
+    if not audit.recorded:
+        seconds = _measure(call, caller, answer, started)
     # What the caller got: the provider's status once its answer began (unless it went away).
     got = problem.status if problem is not None and (caller.gone or not caller.started) else None
     status = got if got is not None else call.upstream_status
-    _count(upstream.provider.name, status, problem, call, seconds)
+    _count(provider, status, problem, call, seconds)
     if problem is None:
-        audit.succeeded(key_version=version)
-        try:
-            await audit.settled()
-        except AuditUnavailable:
-            _unrecorded(upstream.provider.name, status)
+        if not audit.recorded:  # a streamed answer: its event once it has ended
+            audit.succeeded(key_version=version)
+            try:
+                await audit.settled()
+            except AuditUnavailable:
+                _unrecorded(provider, status)
         return
-    try:
-        await audit.failed(problem, key_version=version)
-    except AuditUnavailable as unavailable:
-        _unrecorded(upstream.provider.name, status)
-        problem = unavailable
+    if isinstance(problem, AuditUnavailable):
+        _unrecorded(provider, status)
+    elif not audit.recorded:
+        try:
+            await audit.failed(problem, key_version=version)
+        except AuditUnavailable as unavailable:
+            _unrecorded(provider, status)
+            problem = unavailable
     if not (caller.started or caller.gone):
         await problem_answer(problem)(scope, receive, send)
     # A provider that broke off after its answer began: the response stays incomplete and the
     # server closes the connection, so the caller sees a cut answer, never a complete-looking one.
+
+
+def _measure(call: UpstreamCall, caller: Caller, answer: Answer | None, started: float) -> float:
+    """The call's duration and bytes each way, so far, into its audit record; its seconds."""
+    seconds = time.perf_counter() - started
+    call.duration_ms = round(seconds * 1000)
+    call.request_bytes = caller.received
+    call.response_bytes = answer.received if answer is not None else 0
+    return seconds
 
 
 async def _pass_on(answer: Answer, caller: Caller, send: Send) -> None:
