@@ -70,16 +70,18 @@ class ProviderUpstream:
         headers: Headers,
         body: AsyncIterable[bytes] | None,
         api_key: str,
+        token: str,
     ) -> Answer:
-        """Send the call; the answer once its head (and a small body) has arrived. An exception
-        that `body` raises (the caller went away, the body is too large) ends the call as it is."""
+        """Send the call with `api_key`, the caller's headers less any that carry its keyvault
+        `token`; the answer once its head (and a small body) has arrived. An exception that `body`
+        raises (the caller went away, the body is too large) ends the call as it is."""
         url = self.provider.url(path)
         if query:
             url = f"{url}?{query.decode('latin-1')}"
         request = httpx.Request(
             method,
             url,
-            headers=self.headers.upstream(headers, api_key),
+            headers=self.headers.upstream(headers, api_key, token.encode("latin-1")),
             content=body,
             extensions={"timeout": self._timeouts},
         )

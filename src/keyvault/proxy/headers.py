@@ -2,8 +2,9 @@
 
 To the provider go the caller's headers less those that are the connection's (hop-by-hop, and any
 the `Connection` header names), keyvault's own credentials (`Authorization`, the provider's key
-header), `Cookie`, every `X-Keyvault-*` header, `Host` (the HTTP client sets the provider's),
-`Expect` and `Accept-Encoding`; then the provider's fixed headers where the caller sent none of
+header, and any other header that carries the caller's keyvault token), `Cookie`, every
+`X-Keyvault-*` header, `Host` (the HTTP client sets the provider's), `Expect` and
+`Accept-Encoding`; then the provider's fixed headers where the caller sent none of
 its own, `Accept-Encoding: identity` (a body must arrive readable, so that the key can be
 redacted from it) and the user's key, the provider's way.
 
@@ -64,14 +65,18 @@ class ProviderHeaders:
         """The header the provider takes its key in, lower-case (`authorization` for Bearer)."""
         return self._key_header
 
-    def upstream(self, headers: Sequence[tuple[bytes, bytes]], api_key: str) -> Headers:
-        """What goes to the provider, from the caller's headers (ASGI's: names lower-case). It
-        holds the key: never log it."""
+    def upstream(
+        self, headers: Sequence[tuple[bytes, bytes]], api_key: str, token: bytes = b""
+    ) -> Headers:
+        """What goes to the provider, from the caller's headers (ASGI's: names lower-case) and
+        the keyvault `token` they carry. It holds the key: never log it."""
         dropped = self._not_forwarded | _named_by_connection(headers)
         forwarded = [
             (name, value)
             for name, value in headers
-            if name not in dropped and not name.startswith(KEYVAULT_PREFIX)
+            if name not in dropped
+            and not name.startswith(KEYVAULT_PREFIX)
+            and not (token and token in value)
         ]
         sent = {name for name, _ in forwarded}
         forwarded += [(name, value) for name, value in self._fixed if name not in sent]

@@ -152,8 +152,9 @@ async def _serve(state: AppState, scope: Scope, receive: Receive, send: Send) ->
     scope["path_params"] = {"provider": provider, "sub": named}
     audit = RequestAudit(state.audit, scope, Action.use, provider)
     audit.call = call = UpstreamCall()
+    token = heads.token()
     try:
-        principal = await authenticate(state, scope, heads.token())
+        principal = await authenticate(state, scope, token)
         if reasons:
             raise InvalidRequest("; ".join(reasons))
         sub = named if named is not None else principal.sub
@@ -177,14 +178,16 @@ async def _serve(state: AppState, scope: Scope, receive: Receive, send: Send) ->
             with contextlib.suppress(AuditUnavailable):
                 await audit.failed(error)
         raise
-    await _forward(state, upstream, path, api_key, version, has_body, audit, scope, receive, send)
+    assert token is not None  # authenticated
+    call_with = (api_key, token)
+    await _forward(state, upstream, path, call_with, version, has_body, audit, scope, receive, send)
 
 
 async def _forward(
     state: AppState,
     upstream: ProviderUpstream,
     path: str,
-    api_key: SecretStr,
+    call_with: tuple[SecretStr, str],
     version: int,
     has_body: bool,
     audit: RequestAudit,
@@ -192,7 +195,8 @@ async def _forward(
     receive: Receive,
     send: Send,
 ) -> None:
-    """The call itself, its answer passed on as it arrives, its audit event and its metrics."""
+    """The call itself, with the user's key (and none of the caller's headers that carry its
+    keyvault token), its answer passed on as it arrives, its audit event and its metrics."""
     assert audit.call is not None
     call = audit.call
     provider = upstream.provider.name
@@ -211,7 +215,8 @@ async def _forward(
                 scope["query_string"],
                 scope["headers"],
                 caller.body() if has_body else None,
-                api_key.get_secret_value(),
+                call_with[0].get_secret_value(),
+                call_with[1],
             )
             call.upstream_status = answer.status
             if answer.whole:
