@@ -346,3 +346,31 @@ async def test_every_refusal_is_audited_as_a_use(
         (path.split("/")[2], outcome, service, sub) for path, _, outcome in calls
     ]
     assert [e.path for e in uses] == ["chat/completions", None, "v1/messages", None]
+
+
+async def test_step_up_can_be_asked_of_users_own_calls(
+    database_url: str, keyring: Keyring, fake: FakeProvider
+) -> None:
+    async with proxy_service(
+        database_url, keyring, fake, stepup_actions="use", stepup_amr="mfa"
+    ) as (_, http):
+        sub = await user_with_keys(http)
+        weak = await _refused(
+            http,
+            fake,
+            "POST",
+            "/proxy/openai/chat/completions",
+            json=CHAT,
+            headers=bearer(mint(sub, USE)),
+        )
+        strong = await http.post(
+            "/proxy/openai/chat/completions",
+            json=CHAT,
+            headers=bearer(mint(sub, USE, amr=["pwd", "mfa"])),
+        )
+        service = await http.post(
+            "/proxy/openai/chat/completions", json=CHAT, headers=as_service(sub)
+        )
+    assert weak.status_code == 401
+    assert "insufficient_user_authentication" in weak.headers["www-authenticate"]
+    assert (strong.status_code, service.status_code) == (200, 200)
