@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from keyvault_client._errors import TokenError, scrub
+from keyvault_client._errors import TokenError, Unavailable, retry_after_seconds, scrub
 
 # RFC 6750 section 2.1: what an `Authorization: Bearer` value may hold. A token outside it is
 # refused before it reaches an HTTP library whose own error would quote the header.
@@ -95,8 +95,17 @@ def token_request(credentials: ClientCredentials) -> tuple[dict[str, str], dict[
 def read_token_response(
     response: httpx.Response, credentials: ClientCredentials, now: float
 ) -> FetchedToken:
-    """The access token from the endpoint's answer, kept until shortly before it expires."""
+    """The access token from the endpoint's answer, kept until shortly before it expires.
+
+    A refusal (4xx) is a TokenError; 429 and 5xx are Unavailable. The token request is a POST, so
+    it is not retried: the keyvault call that needed the token fails."""
     secrets = (credentials.client_secret,)
+    if response.status_code == 429 or response.status_code >= 500:
+        raise Unavailable(
+            f"the token endpoint answered {response.status_code}",
+            status=response.status_code,
+            retry_after=retry_after_seconds(response),
+        )
     body = _json_object(response)
     if response.status_code != 200:
         error = body.get("error")
