@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -158,6 +159,21 @@ class Settings(BaseSettings):
     rate_limit_service: str = "6000/minute"
     rate_limit_storage: SecretStr = SecretStr("memory://")
     rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+
+    # The providers whose keys are kept (keyvault.providers): the built-in ones' base URLs, a TOML
+    # file naming more, and how long a PUT ?validate=true waits for the provider's answer.
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    providers_file: Path | None = None
+    provider_timeout: float = Field(default=5, gt=0, le=60)
+
+    @field_validator("openai_base_url", "anthropic_base_url")
+    @classmethod
+    def _usable_base_url(cls, value: str) -> str:
+        problem = base_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value.rstrip("/")
 
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
@@ -343,6 +359,23 @@ def parse_rate_limit(value: str) -> list[RateLimitItem]:
         raise ValueError(
             "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
         ) from None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a provider's base URL, or None when it can: http(s), a host, and no
+    credentials, query or fragment (it is joined with paths, and may be logged)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if "@" in parts.netloc:
+        return "must not hold credentials"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return "must not have a query or a fragment"
+    return None
 
 
 def media_type(value: str) -> str:

@@ -119,6 +119,7 @@ async def test_events_show_request_details_but_no_secrets(
     (event,) = body["events"]
     assert event["request_id"] == "trace-77"
     assert event["key_version"] == 1
+    assert (event["provider"], event["validation"]) == ("openai", None)
     assert "CANARY" not in str(body)
     assert set(event) == {
         "seq",
@@ -127,8 +128,10 @@ async def test_events_show_request_details_but_no_secrets(
         "client_id",
         "action",
         "target",
+        "provider",
         "outcome",
         "key_version",
+        "validation",
         "request_id",
         "client_address",
         "user_agent",
