@@ -1,7 +1,8 @@
 """The client's tests run against one real `keyvault serve` per backend, shared by the whole run.
 
 It trusts the test JWT secret (service tokens minted by tests.conftest.mint) and a local identity
-provider: its JWKS, and its token endpoint for the client-credentials flow over real HTTP. Each
+provider: its JWKS, and its token endpoint for the client-credentials flow over real HTTP. Its
+openai provider is a local fake (tests.client.support), for validation on save. Each
 test has a sub of its own (with the characters a path must encode), whose keys go afterwards.
 """
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.client.support import CANARY_SECRET
+from tests.client.support import CANARY_SECRET, running_fake_provider
 from tests.conftest import AUDIENCE, bearer, mint
 from tests.identity_provider import IdentityProvider, TokenIssuer, jwks_of, running_provider
 from tests.server import delete_record, running_server
@@ -50,10 +51,22 @@ def issuer(identity_provider: IdentityProvider) -> TokenIssuer:
 
 
 @pytest.fixture(scope="session")
+def fake_provider() -> Iterator[str]:
+    with running_fake_provider() as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
 def keyvault_url(
-    database_url: str, identity_provider: IdentityProvider, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    identity_provider: IdentityProvider,
+    fake_provider: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    settings = {"KEYVAULT_JWKS_URL": identity_provider.url}
+    settings = {
+        "KEYVAULT_JWKS_URL": identity_provider.url,
+        "KEYVAULT_OPENAI_BASE_URL": fake_provider,
+    }
     workdir = tmp_path_factory.mktemp("client-server")
     with running_server(database_url, workdir, settings=settings) as server:
         yield server.base_url

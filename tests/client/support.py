@@ -1,5 +1,6 @@
-"""What the client's tests share: a TCP forwarder that counts the connections made through it, and
-the canary secrets that must never show up in an error, a repr or a log line."""
+"""What the client's tests share: the canary secrets that must never show up in an error, a repr or
+a log line; a TCP forwarder that counts the connections made through it; and a fake provider for
+validation on save, which takes only `CANARY_KEY` (bearer, as OpenAI's API does)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CANARY_KEY = "sk-CANARY-client-key-0123456789abcdef"
 CANARY_SECRET = "CANARY-client-secret-0123456789abcdef"
@@ -67,3 +69,31 @@ def counting_connections(target_port: int) -> Iterator[ConnectionCounter]:
     finally:
         counter.close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def running_fake_provider() -> Iterator[str]:
+    """A provider's API on a free port: its base URL. `GET …/models` is 200 for CANARY_KEY."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            accepted = self.headers.get("Authorization") == f"Bearer {CANARY_KEY}"
+            body = b'{"object": "list", "data": []}' if accepted else b'{"error": "bad key"}'
+            self.send_response(200 if accepted else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
