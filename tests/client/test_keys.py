@@ -27,8 +27,8 @@ OTHER_KEY = "sk-ant-other-key-0123456789abcdef"
 DEADLINE_SECONDS = 15.0
 
 
-def vault_at(url: str, **options: object) -> KeyVault:
-    return KeyVault(url, token=service_token(), **options)  # type: ignore[arg-type]
+def vault_at(url: str, cache_ttl: float | None = None) -> KeyVault:
+    return KeyVault(url, token=service_token(), cache_ttl=cache_ttl)
 
 
 def test_a_stored_key_is_read_back_with_its_status(server_url: str, sub: str) -> None:
