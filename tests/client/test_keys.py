@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -16,12 +18,14 @@ from keyvault_client import (
     KeyRejected,
     KeyVault,
     PayloadTooLarge,
+    RateLimited,
     Unauthorized,
     UnknownProvider,
 )
 from tests.client.conftest import service_token
 from tests.client.support import CANARY_KEY, assert_no_secret, counting_connections
 from tests.conftest import mint
+from tests.server import running_server
 
 OTHER_KEY = "sk-ant-other-key-0123456789abcdef"
 DEADLINE_SECONDS = 15.0
@@ -164,6 +168,29 @@ def test_a_token_keyvault_refuses_is_unauthorized(server_url: str, sub: str) -> 
 
     assert raised.value.error == "invalid_token"
     assert_no_secret([str(raised.value), repr(raised.value)], expired)
+
+
+@pytest.fixture
+def limited_url(server_url: str, database_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second server on the same database, allowing each service two requests a minute."""
+    settings = {"KEYVAULT_RATE_LIMIT_SERVICE": "2/minute"}
+    with running_server(database_url, tmp_path, settings=settings) as server:
+        yield server.base_url
+
+
+def test_a_rate_limit_longer_than_the_retry_cap_is_raised_with_its_wait(
+    limited_url: str, sub: str
+) -> None:
+    with vault_at(limited_url) as vault:
+        vault.status(sub)
+        vault.status(sub)
+        started = time.monotonic()
+        with pytest.raises(RateLimited) as raised:
+            vault.status(sub)
+
+    assert time.monotonic() - started < 5  # not waited for: the minute is past max_retry_wait
+    assert raised.value.retry_after is not None
+    assert 10 < raised.value.retry_after <= 60
 
 
 def test_the_access_log_is_read_to_its_last_page(server_url: str, sub: str) -> None:
