@@ -4,6 +4,7 @@ what is retried and how often, what is not, and how long a retry waits."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from keyvault_client import (
     RateLimited,
     Unavailable,
 )
+from keyvault_client._config import DEFAULT_TIMEOUT
 from keyvault_client._protocol import Attempts, RetryPolicy, read_key
 from tests.client.support import CANARY_KEY, CANARY_SECRET, assert_no_secret
 
@@ -164,6 +166,24 @@ def test_writes_are_idempotent_and_retried(
     else:
         assert vault.delete_api_key("alice") is True
     assert route.call_count == 2
+
+
+def test_a_keyvault_that_never_answers_times_out_once() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, then says nothing
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with KeyVault(url, token=TOKEN, timeout=0.5) as vault, pytest.raises(Unavailable) as raised:
+            vault.get_api_key("alice")
+
+    assert "ReadTimeout" in str(raised.value)
+    assert time.monotonic() - started < 3
+
+
+def test_every_client_has_its_timeouts_set() -> None:
+    with KeyVault(URL, token=TOKEN) as vault:
+        assert vault._http.timeout == DEFAULT_TIMEOUT
+    assert DEFAULT_TIMEOUT.connect == 3.0
+    assert DEFAULT_TIMEOUT.read == 10.0
 
 
 def test_the_token_request_is_not_retried(mocked: respx.MockRouter) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import httpx
 
-from keyvault_client._cache import DEFAULT_MAX_ENTRIES, KeyCache
+from keyvault_client._cache import KeyCache
 from keyvault_client._protocol import RetryPolicy
 from keyvault_client._version import __version__
 
@@ -55,6 +55,3 @@ def client_options(
         "follow_redirects": False,
     }
     return Options(base_url, RetryPolicy(retries, backoff, max_retry_wait), cache, http)
-
-
-__all__ = ["DEFAULT_MAX_ENTRIES", "DEFAULT_TIMEOUT", "Options", "client_options"]

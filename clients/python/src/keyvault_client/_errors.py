@@ -75,11 +75,12 @@ class Forbidden(KeyVaultError):
 
 
 class NotFound(KeyVaultError):
-    """404: no such key (from `status`, `delete_api_key`: only when the route itself is missing)."""
+    """404 that is not "no key": a route or provider keyvault does not have (for no key,
+    `get_api_key` gives None and `delete_api_key` False)."""
 
 
 class KeyExpired(NotFound):
-    """404 `key-expired`: the key's `expires_at` has passed."""
+    """404 `key-expired`: the key's `expires_at` has passed (`get_api_key` gives None instead)."""
 
 
 class UnknownProvider(NotFound):

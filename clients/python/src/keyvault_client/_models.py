@@ -76,7 +76,7 @@ def access_log_entry(body: Any) -> AccessLogEntry:
     )
 
 
-def field(body: Any, name: str) -> Any:
+def required_field(body: Any, name: str) -> Any:
     """One field of a JSON object, which must be there."""
     fields = _object(body)
     if name not in fields:

@@ -32,9 +32,9 @@ from keyvault_client._models import (
     access_log_entry,
     key_status,
     optional_time_field,
+    required_field,
     text_field,
 )
-from keyvault_client._models import field as body_field
 
 DEFAULT_PROVIDER: Final = "openai"
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -170,7 +170,7 @@ def delete_result(response: httpx.Response, call: Call, token: str) -> bool:
 def list_result(response: httpx.Response, call: Call, token: str) -> list[KeyStatus]:
     if response.status_code != 200:
         raise refused(response, call, token)
-    keys = body_field(_json(response), "keys")
+    keys = required_field(_json(response), "keys")
     if not isinstance(keys, list):
         raise UnreadableAnswer("keyvault's answer has no readable `keys`")
     return [key_status(item, text_field(item, "provider")) for item in keys]
@@ -182,8 +182,8 @@ def access_log_result(
     if response.status_code != 200:
         raise refused(response, call, token)
     body = _json(response)
-    events = body_field(body, "events")
-    cursor = body_field(body, "next_cursor")
+    events = required_field(body, "events")
+    cursor = required_field(body, "next_cursor")
     if not isinstance(events, list) or not (cursor is None or isinstance(cursor, str)):
         raise UnreadableAnswer("keyvault's access log page is not readable")
     return [access_log_entry(item) for item in events], cursor

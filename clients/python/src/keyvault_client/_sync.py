@@ -13,7 +13,8 @@ import httpx
 
 from keyvault_client import _protocol as protocol
 from keyvault_client._auth import SyncAuth, TokenSource, check_token_source
-from keyvault_client._config import DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT, client_options
+from keyvault_client._cache import DEFAULT_MAX_ENTRIES
+from keyvault_client._config import DEFAULT_TIMEOUT, client_options
 from keyvault_client._env import settings_from_env
 from keyvault_client._errors import unreachable
 from keyvault_client._models import AccessLogEntry, KeyStatus
