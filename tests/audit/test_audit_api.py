@@ -53,6 +53,21 @@ async def test_search_by_actor(
     ]
 
 
+async def test_search_by_provider(
+    client: httpx.AsyncClient, token: TokenFactory, unique_sub: str
+) -> None:
+    owner = bearer(token(unique_sub, ALL))
+    await client.put(key_path(unique_sub), json={"api_key": "sk-0123456789abcdef"}, headers=owner)
+    path = key_path(unique_sub).replace("/api-key", "/api-keys/anthropic")
+    await client.put(path, json={"api_key": "sk-0123456789abcdef"}, headers=owner)
+    await client.get(path, headers=owner)
+    body = await search(client, token, sub=unique_sub, provider="anthropic")
+    assert [(e["action"], e["provider"]) for e in body["events"]] == [
+        ("get", "anthropic"),
+        ("put", "anthropic"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [

@@ -98,6 +98,26 @@ async def test_every_seed_key_is_sealed_under_the_current_key(
     }
 
 
+async def test_seed_keys_become_the_users_openai_keys_only(
+    seed_url: str, vault: tuple[str, Keyring]
+) -> None:
+    await _import(seed_url, vault)
+    assert set(await stored_rows(vault[0], "openai")) == set(KEYS)
+    assert await stored_rows(vault[0], "anthropic") == {}
+
+
+async def test_a_users_other_providers_keys_do_not_count_as_the_seeds(
+    seed_url: str, vault: tuple[str, Keyring]
+) -> None:
+    database_url, keyring = vault
+    sub = sorted(KEYS)[0]
+    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
+        await service.put_api_key(session, keyring, sub, "anthropic", "sk-their-anthropic-0001")
+    report = await _import(seed_url, vault)
+    assert report.imported == len(KEYS)
+    assert await open_all(database_url, keyring, "anthropic") == {sub: "sk-their-anthropic-0001"}
+
+
 async def test_running_twice_imports_nothing_twice(
     seed_url: str, vault: tuple[str, Keyring]
 ) -> None:

@@ -261,3 +261,18 @@ async def test_start_logs_an_error_for_records_under_an_unconfigured_key(
     assert response.headers["content-type"] == "application/problem+json"
     assert old_id in response.json()["detail"]
     assert api_key_of(SUBS[0]) not in response.text
+
+
+async def test_rewrap_covers_every_providers_keys(empty_database_url: str) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    old = await keyring_for(empty_database_url, OLD_KEY)
+    await store_records(empty_database_url, old, SUBS[:5])
+    await store_records(empty_database_url, old, SUBS[3:9], provider="anthropic")
+    keyring = await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+    report = await _rewrap(empty_database_url, keyring, batch_size=4)
+    assert (report.rewrapped, report.remaining) == (11, {})
+    new_only = await keyring_for(empty_database_url, NEW_KEY)
+    assert await open_all(empty_database_url, new_only) == {s: api_key_of(s) for s in SUBS[:5]}
+    assert await open_all(empty_database_url, new_only, "anthropic") == {
+        s: api_key_of(s) for s in SUBS[3:9]
+    }

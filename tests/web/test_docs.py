@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 
 from keyvault.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from keyvault.web.app import create_app
 from keyvault.web.docs import ASSET_CACHE_CONTROL, STATIC_PATH
-from tests.conftest import TokenFactory, bearer, key_path
+from tests.conftest import TokenFactory, bearer, key_path, make_settings
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "keyvault"
 
@@ -176,3 +177,40 @@ async def test_error_examples_that_need_a_broken_record_or_database_quote_the_so
     )
     for slug in ("record-undecryptable", "database-unavailable"):
         assert f'"{examples[slug]["detail"]}"' in source, slug
+
+
+def _provider_parameters(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): parameter["schema"]
+        for method, path, operation in operations(document)
+        for parameter in operation.get("parameters", [])
+        if (parameter["name"], parameter["in"]) == ("provider", "path")
+    }
+
+
+async def test_the_provider_parameter_takes_the_configured_providers(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    schemas = _provider_parameters(await openapi(client))
+    assert {path for _, path in schemas} == {
+        "/users/{sub}/api-keys/{provider}",
+        "/users/{sub}/api-keys/{provider}/status",
+    }
+    assert len(schemas) == 4
+    assert all(schema["enum"] == ["openai", "anthropic"] for schema in schemas.values())
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(
+        '[providers.mistral]\nbase_url = "https://m.example"\nvalidation_path = "m"\n'
+    )
+    more = create_app(make_settings("sqlite+aiosqlite:///unused.db", providers_file=providers_file))
+    for schema in _provider_parameters(more.openapi()).values():
+        assert schema["enum"] == ["openai", "anthropic", "mistral"]
+
+
+async def test_both_puts_document_validate(client: httpx.AsyncClient) -> None:
+    document = await openapi(client)
+    for path in ("/users/{sub}/api-key", "/users/{sub}/api-keys/{provider}"):
+        put = document["paths"][path]["put"]
+        (validate,) = [p for p in put["parameters"] if p["name"] == "validate"]
+        assert (validate["in"], validate["schema"]["type"]) == ("query", "boolean")
+        assert {"502", "504"} <= set(put["responses"])

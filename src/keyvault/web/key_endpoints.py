@@ -94,6 +94,7 @@ class Operation:
     access: Access
     work: Work
     route: APIRoute  # the documented route: its `path_format` names the request in logs, metrics
+    names_provider: bool  # whether the path has a {provider} parameter
 
 
 class KeyOperations:
@@ -109,7 +110,8 @@ class KeyOperations:
             for method in route.methods:
                 action, access, work = SERVED[f"{method} {route.path_format}"]
                 table = self._operations.setdefault(route.path_format, {})
-                table[method] = Operation(action, access, work, route)
+                names_provider = route.path_format.startswith(PROVIDER_KEY_ROUTE)
+                table[method] = Operation(action, access, work, route, names_provider)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -145,10 +147,9 @@ class KeyOperations:
         if state is None:  # not started, or stopping
             await problem_answer(NOT_READY)(scope, receive, send)
             return
-        path_params = {"sub": sub}
-        if provider is not None and operation.route.path_format.startswith(PROVIDER_KEY_ROUTE):
-            path_params["provider"] = provider
-        scope["path_params"] = path_params
+        scope["path_params"] = (
+            {"sub": sub, "provider": provider} if operation.names_provider else {"sub": sub}
+        )
         scope["route"] = operation.route
         audit = RequestAudit(state.audit, scope, operation.action, provider)
         try:
