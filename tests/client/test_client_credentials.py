@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Any
 
+import httpx
+import jwt
 import pytest
 
 from keyvault_client import (
@@ -18,6 +20,7 @@ from keyvault_client import (
     Unauthorized,
     Unavailable,
 )
+from keyvault_client._credentials import read_token_response
 from tests.client.conftest import SERVICE_ID
 from tests.client.support import CANARY_KEY, CANARY_SECRET, assert_no_secret
 from tests.identity_provider import IdentityProvider, TokenIssuer
@@ -149,3 +152,30 @@ async def test_the_async_client_fetches_keeps_and_refreshes_tokens(
         kept = await vault.access_token()
 
     assert issuer.issued == [refused, kept]
+
+
+def _answer(body: dict[str, object]) -> httpx.Response:
+    return httpx.Response(200, json=body)
+
+
+def test_without_expires_in_a_jwts_exp_schedules_the_refresh() -> None:
+    given = ClientCredentials("https://idp.test/token", SERVICE_ID, CANARY_SECRET)
+    token = jwt.encode({"exp": int(time.time()) + 600}, "secret-for-this-test-only-0123456789")
+
+    kept = read_token_response(_answer({"access_token": token}), given, now=100.0)
+    opaque = read_token_response(_answer({"access_token": "opaque-token"}), given, now=100.0)
+
+    assert kept.refresh_at is not None
+    assert 100 + 600 - 60 - 2 <= kept.refresh_at <= 100 + 600 - 60
+    assert opaque.refresh_at is None  # kept until keyvault refuses it
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"access_token": "t", "token_type": "mac"}, {"access_token": "bad token"}],
+)
+def test_an_unusable_token_answer_is_a_token_error(body: dict[str, object]) -> None:
+    given = ClientCredentials("https://idp.test/token", SERVICE_ID, CANARY_SECRET)
+
+    with pytest.raises(TokenError):
+        read_token_response(_answer(body), given, now=0.0)
