@@ -23,13 +23,10 @@ from keyvault_client._protocol import DEFAULT_PROVIDER, Attempts, Call
 
 
 class AsyncKeyVault:
-    """An asyncio client of one keyvault server, configured as KeyVault.
+    """An asyncio client of one keyvault server, with KeyVault's options and methods.
 
     `token` is a bearer token, a callable returning one or an awaitable of one (called for every
-    request), or `ClientCredentials`. Connect errors, 503 and 429 are retried up to `retries` times, waiting
-    `Retry-After` (at most `max_retry_wait` seconds) or a backoff starting at `backoff` seconds.
-    `cache_ttl` (seconds, at most 300) turns on a cache of `get_api_key` for up to `cache_size`
-    keys. Use it as an async context manager, or call `aclose()`.
+    request), or `ClientCredentials`. Use it as an async context manager, or call `aclose()`.
     """
 
     def __init__(
