@@ -10,6 +10,8 @@ SealError naming the setting at fault; none of them carries the PIN.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +55,12 @@ class Pkcs11Settings:
 
 
 class Pkcs11Seal:
-    """A logged-in session on the token and its wrapping key; `close` ends the session."""
+    """The wrapping key, through a logged-in session on the token; `close` lets go of both."""
 
     kind = SealKind.pkcs11
 
     def __init__(self, config: Pkcs11Settings, session: Any, key: Any) -> None:
+        # Both None once closed: the key handle is valid only while the session is.
         self._config = config
         self._session = session
         self._key = key
@@ -68,11 +71,11 @@ class Pkcs11Seal:
     @classmethod
     def open(cls, config: Pkcs11Settings) -> Pkcs11Seal:
         pkcs11 = _library_module()
-        session = _log_in(pkcs11, config, read_write=False)
+        session = _shared_login(pkcs11, config)
         try:
             key = _wrapping_key(pkcs11, session, config)
         except BaseException:
-            session.close()
+            _release(config)
             raise
         return cls(config, session, key)
 
@@ -101,7 +104,43 @@ class Pkcs11Seal:
             raise UnwrapError() from None
 
     def close(self) -> None:
-        self._session.close()
+        if self._session is not None:
+            self._session = self._key = None
+            _release(self._config)
+
+
+@dataclass(slots=True)
+class _Login:
+    session: Any
+    pin_digest: bytes = field(repr=False)
+    users: int = 1
+
+
+# A PKCS#11 login belongs to the whole process, and closing the session that made it logs every
+# other session out: seals open at the same time in one process share one logged-in session.
+_logins: dict[tuple[str, str], _Login] = {}
+
+
+def _shared_login(pkcs11: ModuleType, config: Pkcs11Settings) -> Any:
+    name = (str(config.library), config.token_label)
+    digest = hashlib.sha256(config.pin.encode("utf-8")).digest()
+    login = _logins.get(name)
+    if login is None:
+        _logins[name] = _Login(_log_in(pkcs11, config, read_write=False), digest)
+        return _logins[name].session
+    if not hmac.compare_digest(login.pin_digest, digest):
+        raise _wrong_pin(config)
+    login.users += 1
+    return login.session
+
+
+def _release(config: Pkcs11Settings) -> None:
+    name = (str(config.library), config.token_label)
+    login = _logins[name]
+    login.users -= 1
+    if login.users == 0:
+        del _logins[name]
+        login.session.close()
 
 
 def open_hsm_seal(settings: Settings) -> Pkcs11Seal:
@@ -175,14 +214,22 @@ def _log_in(pkcs11: ModuleType, config: Pkcs11Settings, *, read_write: bool) -> 
         raise SealError(f"more than one {token_name} is present; nothing was written") from None
     try:
         return token.open(user_pin=config.pin, rw=read_write)
+    except pkcs11.UserAlreadyLoggedIn:
+        # A login holds for the whole process: another seal of this process is open meanwhile.
+        return token.open(rw=read_write)
     except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
-        raise SealError(
-            f"the PIN (KEYVAULT_PKCS11_PIN) is wrong for {token_name}; nothing was written"
-        ) from None
+        raise _wrong_pin(config) from None
     except pkcs11.PKCS11Error as error:
         raise SealError(
             f"{token_name} refused the login ({type(error).__name__}); nothing was written"
         ) from None
+
+
+def _wrong_pin(config: Pkcs11Settings) -> SealError:
+    return SealError(
+        f"the PIN (KEYVAULT_PKCS11_PIN) is wrong for token {config.token_label!r} "
+        "(KEYVAULT_PKCS11_TOKEN_LABEL); nothing was written"
+    )
 
 
 def _wrapping_key(pkcs11: ModuleType, session: Any, config: Pkcs11Settings) -> Any:
