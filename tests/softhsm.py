@@ -104,8 +104,17 @@ def start_softhsm(directory: Path) -> SoftHsm:
     )
     os.environ["SOFTHSM2_CONF"] = str(conf)
     subprocess.run(
-        [util, "--init-token", "--free", "--label", TOKEN_LABEL]
-        + ["--so-pin", SO_PIN, "--pin", USER_PIN],
+        [
+            util,
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN_LABEL,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ],
         check=True,
         capture_output=True,
         timeout=60,

@@ -150,7 +150,12 @@ def test_the_pin_is_in_no_repr(softhsm: SoftHsm, hsm_key: str, database_url: str
     config = softhsm.config(hsm_key)
     seal = Pkcs11Seal.open(config)
     try:
-        shown = [repr(config), repr(seal), seal.describe(), repr(softhsm.settings(database_url, hsm_key))]
+        shown = [
+            repr(config),
+            repr(seal),
+            seal.describe(),
+            repr(softhsm.settings(database_url, hsm_key)),
+        ]
     finally:
         seal.close()
     assert all(softhsm.pin not in text for text in shown)
