@@ -20,10 +20,8 @@ import pytest
 
 from keyvault.config import Settings
 from keyvault.crypto.records import Keyring
-from keyvault.db.engine import session_scope
-from keyvault.master_keys import keyring_repository, pkcs11_seal
+from keyvault.master_keys import pkcs11_seal
 from keyvault.master_keys.keyring import open_keyring
-from keyvault.master_keys.keyring_repository import StoredRootKey
 from tests.conftest import make_settings
 from tests.deployments import open_sessions
 
@@ -126,8 +124,3 @@ async def keyring_of(settings: Settings) -> Keyring:
     """The keyring as the service opens it at start, under the seal `settings` choose."""
     async with open_sessions(settings.database_url.get_secret_value()) as sessions:
         return await open_keyring(sessions, settings)
-
-
-async def keyring_entries(database_url: str) -> list[StoredRootKey]:
-    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
-        return await keyring_repository.list_root_keys(session)

@@ -25,12 +25,13 @@ from tests.deployments import (
     api_key_of,
     create_deployment,
     database_contents,
+    keyring_entries,
     keyring_for,
     open_all,
     open_sessions,
     store_records,
 )
-from tests.softhsm import SoftHsm, keyring_entries, keyring_of
+from tests.softhsm import SoftHsm, keyring_of
 
 
 async def _fresh(database_url: str) -> None:

@@ -27,6 +27,7 @@ from tests.deployments import (
     api_key_of,
     create_deployment,
     database_contents,
+    keyring_entries,
     keyring_for,
     open_all,
     open_sessions,
@@ -34,7 +35,7 @@ from tests.deployments import (
     store_records,
     stored_rows,
 )
-from tests.softhsm import SoftHsm, keyring_entries, keyring_of
+from tests.softhsm import SoftHsm, keyring_of
 
 SUBS = [f"user-{n:03d}" for n in range(60)]
 

@@ -117,10 +117,15 @@ async def remove_unused_root_keys(session: AsyncSession, key_ids: Sequence[str])
     return sorted(doomed)
 
 
+async def has_keyring(session: AsyncSession) -> bool:
+    """False on a schema from before the keyring (a database `keyvault migrate` has yet to see)."""
+    connection = await session.connection()
+    return await connection.run_sync(lambda sync: inspect(sync).has_table("root_keys"))
+
+
 async def active_seal(session: AsyncSession) -> str | None:
     """The seal of the active entry; None on a new database or a schema before the keyring."""
-    connection = await session.connection()
-    if not await connection.run_sync(lambda sync: inspect(sync).has_table("root_keys")):
+    if not await has_keyring(session):
         return None
     statement = select(RootKeyEntry.seal).where(RootKeyEntry.retired_at.is_(None)).limit(1)
     return (await session.execute(statement)).scalar_one_or_none()
