@@ -70,7 +70,7 @@ KEY_SUFFIX: Final = "/api-key"
 STATUS_SUFFIX: Final = "/api-key/status"
 USERS_PREFIX: Final = "/users/"
 NO_STORE: Final = {"Cache-Control": "no-store"}
-NOT_READY: Final = ServiceUnavailable("The master key has not been verified.")
+NOT_READY: Final = ServiceUnavailable("The keyring is not open yet.")
 
 # The operation's own work, given the state, the scope, its receive, the sub and the audit entry.
 Work = Callable[[AppState, Scope, Receive, str, RequestAudit], Awaitable[Response]]
