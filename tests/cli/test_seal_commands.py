@@ -224,3 +224,27 @@ async def test_every_command_refuses_a_wrong_pin_in_one_line(
         ), args
 
     assert await database_contents(hsm_deployment) == before
+
+
+async def test_rotate_and_keys_status_work_on_the_keyring_during_the_move(
+    softhsm: SoftHsm, hsm_key: str, empty_database_url: str, tmp_path: Path
+) -> None:
+    """`keyvault rotate` under the pkcs11 seal rewraps onto the HSM's key; the env key stays."""
+    await create_deployment(empty_database_url, OLD_KEY)
+    await store_records(empty_database_url, await keyring_for(empty_database_url, OLD_KEY), ["a"])
+    env = seal_environment(empty_database_url, softhsm, hsm_key, master_key=OLD_KEY)
+
+    rotated = keyvault(env, tmp_path, "rotate")
+    status = keyvault(
+        seal_environment(empty_database_url, softhsm, hsm_key), tmp_path, "keys", "status"
+    )
+
+    assert rotated.returncode == 0, rotated.stderr
+    assert rotated.stdout.startswith("rewrapped 1 records")
+    assert status.returncode == 0, status.stderr
+    hsm_only = await keyring_of(softhsm.settings(empty_database_url, hsm_key))
+    (row,) = [
+        line for line in status.stdout.splitlines() if line.startswith(hsm_only.current.key_id)
+    ]
+    assert row.split()[1:] == ["v2", "1", "current"]
+    assert await open_all(empty_database_url, hsm_only) == {"a": api_key_of("a")}
