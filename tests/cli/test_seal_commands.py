@@ -248,3 +248,39 @@ async def test_rotate_and_keys_status_work_on_the_keyring_during_the_move(
     ]
     assert row.split()[1:] == ["v2", "1", "current"]
     assert await open_all(empty_database_url, hsm_only) == {"a": api_key_of("a")}
+
+
+def test_the_base_install_needs_no_python_pkcs11(
+    softhsm: SoftHsm, hsm_key: str, tmp_path: Path
+) -> None:
+    """python-pkcs11 is imported only for the pkcs11 seal; without the extra that seal says so."""
+    env = seal_environment(f"sqlite+aiosqlite:///{tmp_path / 'kv.db'}", softhsm, hsm_key)
+    without_extra = (
+        "import sys; sys.modules['pkcs11'] = None; sys.argv[0] = 'keyvault'; "
+        "from keyvault.cli.app import app; app()"
+    )
+    env_seal = {k: v for k, v in env.items() if not k.startswith("KEYVAULT_PKCS11")}
+    env_seal |= {"KEYVAULT_SEAL": "env", "MASTER_ENCRYPTION_KEY": OLD_KEY}
+
+    under_env = subprocess.run(
+        [sys.executable, "-c", without_extra, "migrate"],
+        env=env_seal,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    under_hsm = subprocess.run(
+        [sys.executable, "-c", without_extra, "seal", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+    )
+
+    assert under_env.returncode == 0, under_env.stderr
+    assert under_hsm.returncode == 1
+    assert under_hsm.stderr == (
+        "keyvault: KEYVAULT_SEAL=pkcs11 needs python-pkcs11: install keyvault[pkcs11]\n"
+    )
