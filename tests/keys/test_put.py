@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from tests.conftest import TokenFactory, bearer, key_path
 from tests.keys.put_support import CANARY, WRITE, put
@@ -140,6 +142,43 @@ async def test_streamed_body_over_16_kib_is_413(
     assert response.status_code == 413
     status = await client.get(key_path("alice", "/status"), headers=bearer(token("alice", WRITE)))
     assert status.json()["has_api_key"] is False
+
+
+async def test_http2_body_without_a_length_over_16_kib_is_413(
+    app: FastAPI, token: TokenFactory
+) -> None:
+    """HTTP/2 frames a body without Content-Length or Transfer-Encoding: it is still counted."""
+    chunks = [b'{"api_key": "', *(b"k" * 1024 for _ in range(20)), b'"}']
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks
+    ]
+    messages[-1]["more_body"] = False
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    authorization = f"Bearer {token('alice', WRITE)}".encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "2",
+        "method": "PUT",
+        "scheme": "http",
+        "path": key_path("alice"),
+        "raw_path": key_path("alice").encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", authorization), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 413
 
 
 @pytest.mark.parametrize("sub", ["google-oauth2|1234", "auth0|abc/def", "ünïcødé user", "x" * 255])

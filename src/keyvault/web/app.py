@@ -200,7 +200,16 @@ def create_app(
         Middleware(LastResortErrors),
     ]
     # docs_url/redoc_url None: FastAPI's own pages load from CDNs; docs.py serves /docs locally.
+    # FastAPI's own OpenTelemetry stays off: its spans carry the raw path, which names a user, and
+    # RequestTelemetry already gives every request its metrics and log line by route template.
     app = KeyvaultApp(
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
         title="keyvault",
         version="0.1.0",
         description=DESCRIPTION,

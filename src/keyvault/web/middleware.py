@@ -20,6 +20,7 @@ log = logging.getLogger("keyvault")
 
 DATABASE_RETRY_AFTER_SECONDS = "1"
 REQUEST_ID_HEADER = b"x-request-id"
+HTTP1_VERSIONS: Final = frozenset({"1.0", "1.1"})
 # A caller's request id is echoed into logs and headers, so only a plain token is taken as given.
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -106,8 +107,9 @@ class AddressRateLimit:
 class BodySizeLimit:
     """Refuse bodies over `max_bytes` with 413, whether declared by Content-Length or streamed.
 
-    A body without a trustworthy length is read up front (at most `max_bytes` + one chunk) and
-    replayed: raising from inside `receive` would be swallowed by FastAPI's body parsing as a 400.
+    A body without a trustworthy length (chunked, or an unreadable Content-Length) is read up front
+    (at most `max_bytes` + one chunk) and replayed: raising from inside `receive` would be swallowed
+    by FastAPI's body parsing as a 400.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -118,11 +120,22 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if declared is not None and declared.isdigit():
             if int(declared) > self.max_bytes:
                 await self._refuse(scope, receive, send)
                 return
+            await self.app(scope, receive, send)
+            return
+        if declared is None and not chunked and scope.get("http_version") in HTTP1_VERSIONS:
+            # Neither header: an HTTP/1 request has no body (RFC 9112 §6.3), nothing to count.
+            # (HTTP/2 frames a body without either, so there it is read up front.)
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
