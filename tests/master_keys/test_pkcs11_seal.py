@@ -12,6 +12,7 @@ import pytest
 from keyvault.crypto.keyring import UnwrapError, accept_unwrapped, new_root_key
 from keyvault.master_keys.pkcs11_seal import Pkcs11Seal, Pkcs11Settings, create_key, open_hsm_seal
 from keyvault.master_keys.seals import SealError
+from tests.conftest import make_settings
 from tests.softhsm import SO_PIN, SoftHsm
 
 
@@ -160,3 +161,29 @@ def test_the_pin_is_in_no_repr(softhsm: SoftHsm, hsm_key: str, database_url: str
         seal.close()
     assert all(softhsm.pin not in text for text in shown)
     assert seal.describe() == f"pkcs11 (token {softhsm.token_label!r}, key {hsm_key!r})"
+
+
+def test_the_pin_can_come_from_a_file(
+    softhsm: SoftHsm,
+    hsm_key: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pin_file = tmp_path / "pkcs11_pin"
+    pin_file.write_text(softhsm.pin + "\n")
+    monkeypatch.delenv("KEYVAULT_PKCS11_PIN", raising=False)
+    monkeypatch.setenv("KEYVAULT_PKCS11_PIN_FILE", str(pin_file))
+    settings = make_settings(
+        database_url,
+        MASTER_ENCRYPTION_KEY=None,
+        seal="pkcs11",
+        pkcs11_library=softhsm.module,
+        pkcs11_token_label=softhsm.token_label,
+        pkcs11_key_label=hsm_key,
+    )
+
+    seal = open_hsm_seal(settings)
+    seal.close()
+    assert settings.pkcs11_pin is not None
+    assert settings.pkcs11_pin.get_secret_value() == softhsm.pin
