@@ -219,6 +219,11 @@ def _log_in(pkcs11: ModuleType, config: Pkcs11Settings, *, read_write: bool) -> 
         return token.open(rw=read_write)
     except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
         raise _wrong_pin(config) from None
+    except pkcs11.PinLocked:
+        raise SealError(
+            f"the user PIN of {token_name} is locked (too many wrong PINs); the token's security "
+            "officer must unlock it; nothing was written"
+        ) from None
     except pkcs11.PKCS11Error as error:
         raise SealError(
             f"{token_name} refused the login ({type(error).__name__}); nothing was written"
