@@ -64,7 +64,7 @@ async def test_concurrent_first_starts_under_the_hsm_agree_on_one_root_key(
 ) -> None:
     await _fresh(empty_database_url)
     settings = softhsm.settings(empty_database_url, hsm_key)
-    keyrings = await asyncio.gather(*(keyring_of(settings) for _ in range(3)))
+    keyrings = await asyncio.gather(*(keyring_of(settings) for _ in range(5)))
     assert len({keyring.current.key_id for keyring in keyrings}) == 1
     assert len(await keyring_entries(empty_database_url)) == 1
 

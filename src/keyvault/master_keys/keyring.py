@@ -99,28 +99,31 @@ async def _open_sealed_once(
     sessions: Sessions, seal: Seal, master_keys: tuple[str, ...], iterations_for_new: int
 ) -> Keyring:
     async with session_scope(sessions) as session:
+        now = datetime.now(UTC)
         entries = await keyring_repository.list_root_keys(session)
-        active = [entry for entry in entries if entry.active]
+        if not _holds_active_key(seal, entries):
+            # This seal has no key yet: a new database, or one still under the env seal. One
+            # process at a time adds it; the others wait, then find it.
+            await repository.lock_deployment(
+                session, new_deployment_salt(), iterations_for_new, now
+            )
+            entries = await keyring_repository.list_root_keys(session)
         opened = await _derived_keys(session, master_keys)
         opened.update(_unwrap_entries(seal, entries))
-        if any(entry.seal == seal.kind for entry in active):
+        if _holds_active_key(seal, entries):
             return _assemble(entries, opened)
-        # None of this seal's keys is active: a new database, or one still under the env seal.
-        if active and not all(entry.key_id in opened for entry in active):
+        active = [entry.key_id for entry in entries if entry.active]
+        if not all(key_id in opened for key_id in active):
             raise SealedElsewhereError(SealKind.env)
-        now = datetime.now(UTC)
-        if not entries:
-            if await repository.get_deployment(session) is None:
-                await repository.create_deployment(
-                    session, new_deployment_salt(), iterations_for_new, now
-                )
-        elif not await keyring_repository.retire_active_root_keys(
-            session, [entry.key_id for entry in active], now
-        ):
+        if not await keyring_repository.retire_active_root_keys(session, active, now):
             raise ActiveKeyChangedError()
         root, wrapped = _new_sealed_root_key(seal)
         await keyring_repository.add_root_key(session, root.key_id, seal.kind, wrapped, now)
         return Keyring(root, tuple(opened.values()))
+
+
+def _holds_active_key(seal: Seal, entries: list[StoredRootKey]) -> bool:
+    return any(entry.active and entry.seal == seal.kind for entry in entries)
 
 
 def _new_sealed_root_key(seal: Seal) -> tuple[RootKey, bytes]:
