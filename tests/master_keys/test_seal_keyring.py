@@ -69,6 +69,17 @@ async def test_concurrent_first_starts_under_the_hsm_agree_on_one_root_key(
     assert len(await keyring_entries(empty_database_url)) == 1
 
 
+async def test_instances_moving_into_the_hsm_at_once_add_one_root_key(
+    softhsm: SoftHsm, hsm_key: str, empty_database_url: str
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    settings = softhsm.settings(empty_database_url, hsm_key, MASTER_ENCRYPTION_KEY=OLD_KEY)
+    keyrings = await asyncio.gather(*(keyring_of(settings) for _ in range(4)))
+    assert len({keyring.current.key_id for keyring in keyrings}) == 1
+    seals = sorted(entry.seal for entry in await keyring_entries(empty_database_url))
+    assert seals == ["env", "pkcs11"]
+
+
 async def test_another_hsm_key_does_not_open_the_keyring_and_writes_nothing(
     softhsm: SoftHsm, hsm_key: str, empty_database_url: str
 ) -> None:
