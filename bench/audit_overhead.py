@@ -61,7 +61,9 @@ def baseline_app() -> FastAPI:
     @app.get("/users/{sub:path}/api-key")
     async def read(sub: str) -> dict[str, Any]:
         row = await state["pool"].fetchrow(
-            "SELECT sub, last4, version, created_at, updated_at FROM api_keys WHERE sub = $1", sub
+            "SELECT sub, last4, version, created_at, updated_at FROM api_keys"
+            " WHERE sub = $1 AND provider = 'openai'",
+            sub,
         )
         return dict(row)
 
@@ -110,8 +112,9 @@ async def _prepare(database_url: str) -> None:
         sessions = create_sessionmaker(engine)
         keyring = await unlock(sessions, MASTER_KEY, iterations_for_new=600_000)
         async with session_scope(sessions) as session:
-            sealed = keyring.seal(SUB, "sk-bench-0123456789abcdef")
-            await repository.upsert_record(session, SUB, sealed, "cdef", datetime.now(UTC))
+            sealed = keyring.seal(SUB, "openai", "sk-bench-0123456789abcdef")
+            record = repository.NewRecord(SUB, "openai", sealed, "cdef")
+            await repository.upsert_record(session, record, datetime.now(UTC))
     finally:
         await engine.dispose()
 

@@ -66,9 +66,8 @@ async def _seed(database_url: str, records: int) -> tuple[RootKey, RootKey]:
             batch = []
             for n in range(start, min(start + SEED_CHUNK, records)):
                 sub, api_key = f"bench|{n:08d}", f"sk-bench-{n:08d}-{uuid.uuid4().hex}"
-                batch.append(
-                    repository.NewRecord(sub, keyring.seal(sub, api_key), last4_of(api_key))
-                )
+                sealed = keyring.seal(sub, "openai", api_key)
+                batch.append(repository.NewRecord(sub, "openai", sealed, last4_of(api_key)))
             async with session_scope(sessions) as session:
                 await repository.insert_records(session, batch, now)
     finally:

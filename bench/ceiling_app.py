@@ -1,6 +1,6 @@
 """The ceiling: bare FastAPI + asyncpg doing the least the real service must do.
 
-GET is one SELECT by sub, PUT is one upsert; no auth, no crypto, no ORM, no middleware. It reads and
+GET is one SELECT by sub and provider, PUT is one upsert; no auth, no crypto, no ORM, no middleware. It reads and
 writes its own copy of the records table (`ceiling_api_keys`, made by the benchmark), so its writes
 never touch the service's sealed rows. Started by bench/bench.py with uvicorn's factory mode:
 
@@ -22,12 +22,16 @@ from pydantic import BaseModel
 # The same pool size as the service (keyvault.db.DEFAULT_POOL_SIZE, no overflow).
 POOL_SIZE = 15
 
-SELECT = "SELECT sub, last4, version, created_at, updated_at, ciphertext FROM ceiling_api_keys WHERE sub = $1"
+SELECT = (
+    "SELECT sub, last4, version, created_at, updated_at, ciphertext FROM ceiling_api_keys"
+    " WHERE sub = $1 AND provider = 'openai'"
+)
 UPSERT = """
 INSERT INTO ceiling_api_keys
-    (sub, format_version, key_id, salt, nonce, ciphertext, last4, version, created_at, updated_at)
-VALUES ($1, 2, 'ceiling', $2, $2, $3, right($4, 4), 1, $5, $5)
-ON CONFLICT (sub) DO UPDATE SET ciphertext = EXCLUDED.ciphertext, last4 = EXCLUDED.last4,
+    (sub, provider, format_version, key_id, salt, nonce, ciphertext, last4, version, created_at,
+     updated_at)
+VALUES ($1, 'openai', 3, 'ceiling', $2, $2, $3, right($4, 4), 1, $5, $5)
+ON CONFLICT (sub, provider) DO UPDATE SET ciphertext = EXCLUDED.ciphertext, last4 = EXCLUDED.last4,
     updated_at = EXCLUDED.updated_at, version = ceiling_api_keys.version + 1
 RETURNING version, created_at, updated_at
 """
@@ -51,7 +55,7 @@ def create_app() -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
 
-    @app.get("/users/{sub}/api-key")
+    @app.get("/users/{sub}/api-keys/openai")
     async def read(sub: str, request: Request) -> dict[str, Any]:
         row = await request.app.state.pool.fetchrow(SELECT, sub)
         if row is None:
@@ -65,7 +69,7 @@ def create_app() -> FastAPI:
             "version": row["version"],
         }
 
-    @app.put("/users/{sub}/api-key")
+    @app.put("/users/{sub}/api-keys/openai")
     async def write(sub: str, body: ApiKeyWrite, request: Request) -> dict[str, Any]:
         row = await request.app.state.pool.fetchrow(
             UPSERT, sub, ZEROS, body.api_key.encode(), body.api_key, datetime.now(UTC)

@@ -54,7 +54,8 @@ async def seed(settings: Settings, users: int) -> None:
             async with session_scope(sessions) as session:
                 for index in range(first, min(first + SEED_BATCH, users + 1)):
                     api_key = f"sk-bench-{secrets.token_hex(16)}"
-                    await service.put_api_key(session, keyring, f"bench-user-{index:05d}", api_key)
+                    sub = f"bench-user-{index:05d}"
+                    await service.put_api_key(session, keyring, sub, "openai", api_key)
     finally:
         await engine.dispose()
     connection = await asyncpg.connect(

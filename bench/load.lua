@@ -13,7 +13,7 @@ function init(args)
 end
 
 function request()
-  local path = string.format("/users/bench-user-%05d/api-key", math.random(1, users))
+  local path = string.format("/users/bench-user-%05d/api-keys/openai", math.random(1, users))
   if method == "PUT" then
     local body = string.format('{"api_key":"sk-bench-%012d"}', math.random(0, 999999999))
     return wrk.format("PUT", path, headers, body)

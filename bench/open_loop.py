@@ -65,7 +65,7 @@ class Connection(asyncio.Protocol):
 
 def request_for(sub: str, token: str, port: int) -> bytes:
     return (
-        f"GET /users/{sub}/api-key HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"GET /users/{sub}/api-keys/openai HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
         f"Authorization: Bearer {token}\r\n\r\n"
     ).encode()
 

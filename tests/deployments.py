@@ -64,26 +64,31 @@ def api_key_of(sub: str) -> str:
     return f"sk-test-{sub}-0123456789"
 
 
-async def store_records(database_url: str, keyring: Keyring, subs: Iterable[str]) -> None:
-    """Seal `api_key_of(sub)` for each sub under the keyring's current key, in one bulk insert."""
+async def store_records(
+    database_url: str, keyring: Keyring, subs: Iterable[str], provider: str = "openai"
+) -> None:
+    """Seal `api_key_of(sub)` as each sub's `provider` key under the keyring's current key, in one
+    bulk insert."""
     records = [
-        repository.NewRecord(sub, keyring.seal(sub, api_key_of(sub)), last4_of(api_key_of(sub)))
+        repository.NewRecord(
+            sub, provider, keyring.seal(sub, provider, api_key_of(sub)), last4_of(api_key_of(sub))
+        )
         for sub in subs
     ]
     async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
         await repository.insert_records(session, records, datetime.now(UTC))
 
 
-async def open_all(database_url: str, keyring: Keyring) -> dict[str, str]:
-    """Every stored record, opened: sub → API key (raises if any fails to open)."""
-    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
-        rows = (await session.execute(select(ApiKeyRecord))).scalars().all()
-    return {row.sub: keyring.open(row.sub, sealed_of(row)) for row in rows}
+async def open_all(database_url: str, keyring: Keyring, provider: str = "openai") -> dict[str, str]:
+    """Every stored `provider` key, opened: sub → API key (raises if any fails to open)."""
+    rows = await stored_rows(database_url, provider)
+    return {sub: keyring.open(sub, provider, sealed_of(row)) for sub, row in rows.items()}
 
 
-async def stored_rows(database_url: str) -> dict[str, ApiKeyRecord]:
+async def stored_rows(database_url: str, provider: str = "openai") -> dict[str, ApiKeyRecord]:
     async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
-        rows = (await session.execute(select(ApiKeyRecord))).scalars().all()
+        statement = select(ApiKeyRecord).where(ApiKeyRecord.provider == provider)
+        rows = (await session.execute(statement)).scalars().all()
     return {row.sub: row for row in rows}
 
 

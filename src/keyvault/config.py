@@ -168,6 +168,13 @@ class Settings(BaseSettings):
     rate_limit_storage: SecretStr = SecretStr("memory://")
     rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
+    # The providers whose keys are kept: the built-in ones' base URLs, a TOML file naming more (both
+    # checked by keyvault.providers at start-up), and how long a PUT ?validate=true waits for one.
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    providers_file: Path | None = None
+    provider_timeout: float = Field(default=5, gt=0, le=60)
+
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value: object) -> object:

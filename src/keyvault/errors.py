@@ -61,6 +61,22 @@ class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not found"
 
 
+class UnknownProvider(NotFound):
+    slug, title = "unknown-provider", "Unknown provider"
+
+    def __init__(self) -> None:
+        super().__init__("No provider of that name is configured.")
+
+
+class KeyExpired(NotFound):
+    """The key's `expires_at` has passed: it is no longer handed out, but its record stays."""
+
+    slug, title = "key-expired", "API key expired"
+
+    def __init__(self) -> None:
+        super().__init__("This API key has expired; store a new one to replace it.")
+
+
 class PreconditionFailed(Problem):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
 
@@ -73,6 +89,10 @@ class InvalidRequest(Problem):
     status, slug, title = 422, "invalid-request", "Invalid request"
 
 
+class KeyRejectedByProvider(InvalidRequest):
+    slug, title = "key-rejected-by-provider", "Key rejected by provider"
+
+
 class TooManyRequests(Problem):
     status, slug, title = 429, "too-many-requests", "Too many requests"
 
@@ -82,6 +102,16 @@ class TooManyRequests(Problem):
 
 class RecordUndecryptable(Problem):
     status, slug, title = 500, "record-undecryptable", "Stored key cannot be decrypted"
+
+
+class ProviderUnavailable(Problem):
+    """The provider could not confirm a key on save: unreachable, or an answer that is no verdict."""
+
+    status, slug, title = 502, "provider-unavailable", "Provider unavailable"
+
+
+class ProviderTimeout(Problem):
+    status, slug, title = 504, "provider-timeout", "Provider timed out"
 
 
 class ServiceUnavailable(Problem):

@@ -53,6 +53,21 @@ async def test_search_by_actor(
     ]
 
 
+async def test_search_by_provider(
+    client: httpx.AsyncClient, token: TokenFactory, unique_sub: str
+) -> None:
+    owner = bearer(token(unique_sub, ALL))
+    await client.put(key_path(unique_sub), json={"api_key": "sk-0123456789abcdef"}, headers=owner)
+    path = key_path(unique_sub).replace("/api-key", "/api-keys/anthropic")
+    await client.put(path, json={"api_key": "sk-0123456789abcdef"}, headers=owner)
+    await client.get(path, headers=owner)
+    body = await search(client, token, sub=unique_sub, provider="anthropic")
+    assert [(e["action"], e["provider"]) for e in body["events"]] == [
+        ("get", "anthropic"),
+        ("put", "anthropic"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
@@ -119,6 +134,7 @@ async def test_events_show_request_details_but_no_secrets(
     (event,) = body["events"]
     assert event["request_id"] == "trace-77"
     assert event["key_version"] == 1
+    assert (event["provider"], event["validation"]) == ("openai", None)
     assert "CANARY" not in str(body)
     assert set(event) == {
         "seq",
@@ -127,8 +143,10 @@ async def test_events_show_request_details_but_no_secrets(
         "client_id",
         "action",
         "target",
+        "provider",
         "outcome",
         "key_version",
+        "validation",
         "request_id",
         "client_address",
         "user_agent",

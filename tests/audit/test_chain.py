@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 
 from keyvault.audit.events import (
@@ -9,6 +10,7 @@ from keyvault.audit.events import (
     ChainedEvent,
     ChainHead,
     audit_key,
+    canonical,
     head_mac,
     link_events,
     outcome_for_status,
@@ -140,3 +142,37 @@ def test_statuses_map_to_outcomes() -> None:
         "rate_limited",
         "error",
     ]
+
+
+def test_the_provider_and_the_validation_are_chained_too() -> None:
+    key = audit_key(ROOT)
+    event = AuditEvent.create(
+        action="put", outcome="ok", target="u", provider="anthropic", validation="passed"
+    )
+    chained = link_events(ROOT, key, GENESIS_LINK, 1, [event])
+    head = ChainHead(1, chained[0].link, ROOT.key_id, head_mac(key, 1, chained[0].link))
+    assert verify_chain(chained, head, _keys(ROOT).get).intact
+    for edit in ({"provider": "openai"}, {"validation": "rejected"}, {"provider": None}):
+        edited = [dataclasses.replace(chained[0], event=dataclasses.replace(event, **edit))]
+        assert verify_chain(edited, head, _keys(ROOT).get).first_bad_seq == 1, edit
+
+
+def test_an_event_without_provider_or_validation_hashes_as_before_they_existed() -> None:
+    event = _events(1)[0]
+    fields = json.loads(canonical(7, ROOT.key_id, event))
+    assert "provider" not in fields
+    assert "validation" not in fields
+    assert set(fields) == {
+        "occurred_at",
+        "action",
+        "outcome",
+        "target",
+        "actor",
+        "client_id",
+        "key_version",
+        "request_id",
+        "client_address",
+        "user_agent",
+        "seq",
+        "key_id",
+    }

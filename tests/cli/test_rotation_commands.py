@@ -186,9 +186,9 @@ async def test_keys_status_lists_records_per_key_and_unneeded_keys(
     after = _keyvault(empty_database_url, tmp_path, "keys", "status")
 
     assert before.returncode == 0, before.stderr
-    assert f"{old_id}  v2               3  previous #1" in before.stdout
+    assert f"{old_id}  v3               3  previous #1" in before.stdout
     assert "no longer needed" not in before.stdout
-    assert f"{new_id}  v2               3  current" in after.stdout
+    assert f"{new_id}  v3               3  current" in after.stdout
     assert f"previous key #1 (id {old_id}) is no longer needed" in after.stdout
 
 
@@ -199,7 +199,7 @@ async def test_keys_status_flags_records_under_an_unconfigured_key(
     old_id = await key_id_of(empty_database_url, OLD_KEY)
     result = _keyvault(empty_database_url, tmp_path, "keys", "status", previous=None)
     assert result.returncode == 1
-    assert f"{old_id}  v2               1  NOT CONFIGURED" in result.stdout
+    assert f"{old_id}  v3               1  NOT CONFIGURED" in result.stdout
 
 
 def _assert_refused_without_keys(result: subprocess.CompletedProcess[str], expected: str) -> None:

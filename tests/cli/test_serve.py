@@ -253,7 +253,7 @@ async def stored_version(database_url: str, sub: str) -> int | None:
     engine = create_engine(database_url)
     try:
         async with session_scope(create_sessionmaker(engine)) as session:
-            state = await repository.get_state(session, sub)
+            state = await repository.get_state(session, sub, "openai")
     finally:
         await engine.dispose()
     return None if state is None else state.version

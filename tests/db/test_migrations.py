@@ -65,7 +65,7 @@ async def test_migrations_downgrade_to_nothing_and_up_again(empty_database_url: 
 
 async def test_the_keyring_starts_as_the_verifiers_were(empty_database_url: str) -> None:
     """Upgrading an existing deployment: each master key becomes an env entry, active or retired."""
-    await asyncio.to_thread(command.upgrade, alembic_config(empty_database_url), "0004")
+    await asyncio.to_thread(command.upgrade, alembic_config(empty_database_url), "0005")
     async with open_sessions(empty_database_url) as sessions:
         async with session_scope(sessions) as session:
             await repository.create_deployment(
@@ -97,6 +97,6 @@ async def test_downgrade_refuses_to_drop_wrapped_root_keys(empty_database_url: s
     before = await database_contents(empty_database_url)
 
     with pytest.raises(RuntimeError, match="the keyring holds wrapped root keys"):
-        await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0004")
+        await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0005")
 
     assert await database_contents(empty_database_url) == before

@@ -45,13 +45,17 @@ class Expect:
     stored: dict[str, tuple[str, int] | None] = field(default_factory=lambda: SEEDED)
 
 
-def key_status(sub: str, version: int) -> dict[str, Any]:
+def key_status(sub: str, version: int, provider: str = "openai") -> dict[str, Any]:
     return {
         "sub": sub,
+        "provider": provider,
         "has_api_key": True,
         "last4": "6789",
+        "label": None,
         "created_at": "<time>",
         "updated_at": "<time>",
+        "expires_at": None,
+        "expired": False,
         "version": version,
     }
 

@@ -28,10 +28,13 @@ async def test_reading_returns_the_decrypted_key(
     assert response.status_code == 200
     assert response.json() == {
         "sub": "alice",
+        "provider": "openai",
         "api_key": "sk-alice-0000000000001",
         "last4": "0001",
+        "label": None,
         "created_at": created.json()["created_at"],
         "updated_at": created.json()["updated_at"],
+        "expires_at": None,
         "version": 1,
     }
     assert response.headers["Cache-Control"] == "no-store"

@@ -32,10 +32,13 @@ async def test_read_answers_json_with_the_writes_etag_and_no_store(
     status = (await client.get(key_path("carol", "/status"), headers=headers)).json()
     assert body == {
         "sub": "carol",
+        "provider": "openai",
         "api_key": "sk-carol-0123456789",
         "last4": "6789",
+        "label": None,
         "created_at": status["created_at"],
         "updated_at": status["updated_at"],
+        "expires_at": None,
         "version": 1,
     }
 

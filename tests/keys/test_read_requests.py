@@ -44,10 +44,13 @@ async def _get(side: Side, path: str, **request: Any) -> Seen:
 def key_read(version: int) -> dict[str, Any]:
     return {
         "sub": ALICE,
+        "provider": "openai",
         "api_key": ALICE_KEY,
         "last4": "cdef",
+        "label": None,
         "created_at": "<time>",
         "updated_at": "<time>",
+        "expires_at": None,
         "version": version,
     }
 

@@ -17,10 +17,14 @@ async def test_status_without_a_key_is_200_with_nulls(
     assert response.status_code == 200
     assert response.json() == {
         "sub": "alice",
+        "provider": "openai",
         "has_api_key": False,
         "last4": None,
+        "label": None,
         "created_at": None,
         "updated_at": None,
+        "expires_at": None,
+        "expired": False,
         "version": None,
     }
 

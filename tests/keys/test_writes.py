@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from keyvault.audit.events import Action, AuditEvent, Outcome
@@ -20,6 +21,7 @@ from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.keys import service
 from keyvault.keys.preconditions import EntityTags, Precondition
 from keyvault.keys.put import WriteResult
+from keyvault.keys.schemas import ApiKeyWrite
 from keyvault.keys.writes import KeyWrites
 from keyvault.web.state import state_of
 from tests.audit_support import (
@@ -71,8 +73,9 @@ async def _put(
     running: PrivateService, sub: str, api_key: str, precondition: Precondition = ANY
 ) -> WriteResult:
     event = AuditEvent.create(action=Action.put, outcome=Outcome.ok, target=sub, actor="tester")
+    body = ApiKeyWrite(api_key=SecretStr(api_key))
     return await service.put_api_key_audited(
-        _writes(running), running.keyring, sub, api_key, precondition, event
+        _writes(running), running.keyring, sub, "openai", body, precondition, event
     )
 
 

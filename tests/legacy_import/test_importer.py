@@ -84,7 +84,7 @@ async def _import(
 async def _put(vault: tuple[str, Keyring], sub: str, api_key: str) -> None:
     database_url, keyring = vault
     async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
-        await service.put_api_key(session, keyring, sub, api_key)
+        await service.put_api_key(session, keyring, sub, "openai", api_key)
 
 
 async def test_every_seed_key_is_sealed_under_the_current_key(
@@ -96,6 +96,26 @@ async def test_every_seed_key_is_sealed_under_the_current_key(
     assert {row.key_id for row in (await stored_rows(vault[0])).values()} == {
         vault[1].current.key_id
     }
+
+
+async def test_seed_keys_become_the_users_openai_keys_only(
+    seed_url: str, vault: tuple[str, Keyring]
+) -> None:
+    await _import(seed_url, vault)
+    assert set(await stored_rows(vault[0], "openai")) == set(KEYS)
+    assert await stored_rows(vault[0], "anthropic") == {}
+
+
+async def test_a_users_other_providers_keys_do_not_count_as_the_seeds(
+    seed_url: str, vault: tuple[str, Keyring]
+) -> None:
+    database_url, keyring = vault
+    sub = sorted(KEYS)[0]
+    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
+        await service.put_api_key(session, keyring, sub, "anthropic", "sk-their-anthropic-0001")
+    report = await _import(seed_url, vault)
+    assert report.imported == len(KEYS)
+    assert await open_all(database_url, keyring, "anthropic") == {sub: "sk-their-anthropic-0001"}
 
 
 async def test_running_twice_imports_nothing_twice(
@@ -257,7 +277,7 @@ async def test_imported_record_keeps_the_seed_timestamps(
     finally:
         await drop_seed_database(url)
     async with open_sessions(vault[0]) as sessions, session_scope(sessions) as session:
-        state = await repository.get_state(session, "alice")
+        state = await repository.get_state(session, "alice", "openai")
     assert state is not None
     assert (state.updated_at, state.version) == (when, 1)
 
@@ -279,7 +299,7 @@ async def test_put_landing_during_the_import_wins(
     report = ImportReport()
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
-            read_by_import = await repository.get_records(session, ["alice"])
+            read_by_import = await repository.get_records(session, ["alice"], "openai")
         await _put(vault, "alice", "sk-alice-put-meanwhile")
         async with session_scope(sessions) as session:
             await _store_one(

@@ -8,12 +8,13 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from keyvault.crypto.records import Keyring
+from keyvault.crypto.records import FORMAT_VERSION, Keyring, SealedRecord
 from keyvault.db.engine import session_scope
 from keyvault.db.models import ApiKeyRecord
 from keyvault.keys import repository
 from keyvault.master_keys import repository as master_key_repository
 from keyvault.master_keys import rotation
+from keyvault.master_keys.repository import RewrapCandidate
 from keyvault.web.app import create_app
 from tests.conftest import JWT_SECRET, bearer, key_path, make_settings, mint
 from tests.deployments import (
@@ -39,6 +40,11 @@ async def rotated_database(empty_database_url: str) -> tuple[str, Keyring]:
     await create_deployment(empty_database_url, OLD_KEY)
     await store_records(empty_database_url, await keyring_for(empty_database_url, OLD_KEY), SUBS)
     return empty_database_url, await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+
+
+def _resealed(keyring: Keyring, candidate: RewrapCandidate) -> SealedRecord:
+    opened = keyring.open(candidate.sub, candidate.provider, candidate.sealed)
+    return keyring.seal(candidate.sub, candidate.provider, opened)
 
 
 async def _rewrap(database_url: str, keyring: Keyring, **options: object) -> rotation.RewrapReport:
@@ -99,19 +105,19 @@ async def test_put_landing_between_read_and_write_wins(
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
             batch = await master_key_repository.records_to_rewrap(
-                session, keyring.current.key_id, 2, after=None, limit=3, lock=False
+                session, keyring.current.key_id, FORMAT_VERSION, after=None, limit=3, lock=False
             )
         raced = batch[1].sub
         async with session_scope(sessions) as session:
             await repository.upsert_record(
                 session,
-                raced,
-                keyring.seal(raced, "sk-newer-value-0000"),
-                "0000",
+                repository.NewRecord(
+                    raced, "openai", keyring.seal(raced, "openai", "sk-newer-value-0000"), "0000"
+                ),
                 datetime.now(UTC),
             )
         async with session_scope(sessions) as session:
-            swaps = [(c, keyring.seal(c.sub, keyring.open(c.sub, c.sealed))) for c in batch]
+            swaps = [(c, _resealed(keyring, c)) for c in batch]
             swapped = await master_key_repository.swap_sealed(session, swaps)
     assert swapped == 2
     opened = await open_all(database_url, keyring)
@@ -126,12 +132,12 @@ async def test_second_rotator_swapping_the_same_batch_changes_nothing(
     async with open_sessions(database_url) as sessions:
         async with session_scope(sessions) as session:
             batch = await master_key_repository.records_to_rewrap(
-                session, keyring.current.key_id, 2, after=None, limit=5, lock=False
+                session, keyring.current.key_id, FORMAT_VERSION, after=None, limit=5, lock=False
             )
         results = []
         for _ in range(2):
             async with session_scope(sessions) as session:
-                swaps = [(c, keyring.seal(c.sub, keyring.open(c.sub, c.sealed))) for c in batch]
+                swaps = [(c, _resealed(keyring, c)) for c in batch]
                 results.append(await master_key_repository.swap_sealed(session, swaps))
     assert results == [5, 0]
 
@@ -212,7 +218,7 @@ async def test_corrupt_record_is_reported_by_sub_and_the_rest_rewrapped(
             update(ApiKeyRecord).where(ApiKeyRecord.sub == SUBS[5]).values(ciphertext=b"\x00" * 40)
         )
     report = await _rewrap(database_url, keyring)
-    assert report.corrupt == [SUBS[5]]
+    assert report.corrupt == [(SUBS[5], "openai")]
     assert report.rewrapped == len(SUBS) - 1
     summary = rotation.summary(report, keyring, dry_run=False)
     assert "still needed: previous key #1" in summary
@@ -255,3 +261,18 @@ async def test_start_logs_an_error_for_records_under_an_unconfigured_key(
     assert response.headers["content-type"] == "application/problem+json"
     assert old_id in response.json()["detail"]
     assert api_key_of(SUBS[0]) not in response.text
+
+
+async def test_rewrap_covers_every_providers_keys(empty_database_url: str) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    old = await keyring_for(empty_database_url, OLD_KEY)
+    await store_records(empty_database_url, old, SUBS[:5])
+    await store_records(empty_database_url, old, SUBS[3:9], provider="anthropic")
+    keyring = await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
+    report = await _rewrap(empty_database_url, keyring, batch_size=4)
+    assert (report.rewrapped, report.remaining) == (11, {})
+    new_only = await keyring_for(empty_database_url, NEW_KEY)
+    assert await open_all(empty_database_url, new_only) == {s: api_key_of(s) for s in SUBS[:5]}
+    assert await open_all(empty_database_url, new_only, "anthropic") == {
+        s: api_key_of(s) for s in SUBS[3:9]
+    }

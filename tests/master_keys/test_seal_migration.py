@@ -97,11 +97,11 @@ async def test_after_migrate_every_record_reads_back_and_the_old_master_key_open
     for sub, row in (await stored_rows(empty_database_url)).items():
         assert row.key_id == report.current_key_id
         with pytest.raises(UnknownKeyIdError):
-            leaked.open(sub, sealed_of(row))
+            leaked.open(sub, "openai", sealed_of(row))
         # Nor does relabelling the record with the leaked key's id help.
         relabelled = dataclasses.replace(sealed_of(row), key_id=leaked.current.key_id)
         with pytest.raises(RecordIntegrityError):
-            leaked.open(sub, relabelled)
+            leaked.open(sub, "openai", relabelled)
     with pytest.raises(SealedElsewhereError):
         await keyring_of(make_settings(empty_database_url, MASTER_ENCRYPTION_KEY=OLD_KEY))
 

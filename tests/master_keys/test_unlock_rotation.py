@@ -66,10 +66,10 @@ async def test_previous_key_this_database_never_had_is_refused(empty_database_ur
 async def test_records_sealed_under_a_previous_key_still_open(empty_database_url: str) -> None:
     await create_deployment(empty_database_url, OLD_KEY)
     old = await keyring_for(empty_database_url, OLD_KEY)
-    sealed = old.seal("alice", "sk-alice-0123456789")
+    sealed = old.seal("alice", "openai", "sk-alice-0123456789")
     rotated = await keyring_for(empty_database_url, NEW_KEY, OLD_KEY)
-    assert rotated.open("alice", sealed) == "sk-alice-0123456789"
-    assert rotated.seal("alice", "x").key_id == rotated.current.key_id
+    assert rotated.open("alice", "openai", sealed) == "sk-alice-0123456789"
+    assert rotated.seal("alice", "openai", "x").key_id == rotated.current.key_id
 
 
 async def test_two_processes_rotating_at_once_both_unlock(empty_database_url: str) -> None:

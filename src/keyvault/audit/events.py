@@ -2,7 +2,9 @@
 
     audit key  = HKDF(root key, info = "keyvault/audit")       per master key, named by its key id
     link(n)    = HMAC-SHA256(audit key, link(n-1) ‖ canonical(event n))       link(0) = 32 zeros
-    canonical  = compact JSON, sorted keys, of every stored field but the link, seq and key id included
+    canonical  = compact JSON, sorted keys, of every stored field but the link, seq and key id included;
+                 `provider` and `validation` only when set, so events from before they existed
+                 hash as they did then
     head MAC   = HMAC-SHA256(audit key, "keyvault/audit-head" ‖ seq ‖ link)   of the last event
 
 Every event names the key id of the root key that linked it, so the chain stays verifiable across
@@ -31,7 +33,16 @@ from keyvault.db.models import (
     AUDIT_ADDRESS_LENGTH,
     AUDIT_REQUEST_ID_LENGTH,
     AUDIT_USER_AGENT_LENGTH,
+    AUDIT_VALIDATION_LENGTH,
+    PROVIDER_NAME_MAX_LENGTH,
     SUB_MAX_LENGTH,
+)
+from keyvault.errors import (
+    KeyExpired,
+    KeyRejectedByProvider,
+    Problem,
+    ProviderTimeout,
+    ProviderUnavailable,
 )
 
 AUDIT_KEY_LABEL: Final = b"keyvault/audit"
@@ -44,6 +55,7 @@ class Action(StrEnum):
     get = "get"
     status = "status"
     delete = "delete"
+    list = "list"
     rotate = "rotate"
     import_ = "import"
 
@@ -56,6 +68,9 @@ class Outcome(StrEnum):
     denied_403 = "denied_403"
     precondition_failed = "precondition_failed"
     rate_limited = "rate_limited"
+    expired = "expired"
+    rejected_by_provider = "rejected_by_provider"
+    provider_unavailable = "provider_unavailable"
     error = "error"
 
 
@@ -76,6 +91,17 @@ def outcome_for_status(status: int) -> Outcome:
     return _OUTCOME_BY_STATUS.get(status, Outcome.error)
 
 
+def outcome_for(problem: Problem) -> Outcome:
+    """A refusal's outcome: by its status, unless it is one the trail names on its own."""
+    if isinstance(problem, KeyExpired):
+        return Outcome.expired
+    if isinstance(problem, KeyRejectedByProvider):
+        return Outcome.rejected_by_provider
+    if isinstance(problem, ProviderUnavailable | ProviderTimeout):
+        return Outcome.provider_unavailable
+    return outcome_for_status(problem.status)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """What happened, before it has a place in the chain. Holds no key, token or body by design:
@@ -91,6 +117,8 @@ class AuditEvent:
     request_id: str | None = None
     client_address: str | None = None
     user_agent: str | None = None
+    provider: str | None = None
+    validation: str | None = None
 
     @classmethod
     def create(
@@ -105,6 +133,8 @@ class AuditEvent:
         request_id: str | None = None,
         client_address: str | None = None,
         user_agent: str | None = None,
+        provider: str | None = None,
+        validation: str | None = None,
         occurred_at: datetime | None = None,
     ) -> AuditEvent:
         """An event whose text fields are cleaned and cut to what their columns hold."""
@@ -119,6 +149,8 @@ class AuditEvent:
             request_id=_clean(request_id, AUDIT_REQUEST_ID_LENGTH),
             client_address=_clean(client_address, AUDIT_ADDRESS_LENGTH),
             user_agent=_clean(user_agent, AUDIT_USER_AGENT_LENGTH),
+            provider=_clean(provider, PROVIDER_NAME_MAX_LENGTH),
+            validation=_clean(validation, AUDIT_VALIDATION_LENGTH),
         )
 
 
@@ -132,7 +164,14 @@ class ChainedEvent:
     event: AuditEvent
 
     def row(self) -> dict[str, Any]:
-        return {**_fields(self.event), "seq": self.seq, "key_id": self.key_id, "link": self.link}
+        return {
+            **_fields(self.event),
+            "provider": self.event.provider,
+            "validation": self.event.validation,
+            "seq": self.seq,
+            "key_id": self.key_id,
+            "link": self.link,
+        }
 
     def log_record(self) -> dict[str, Any]:
         """The event as one JSON-ready log entry; the link lets a log store witness the chain."""
@@ -295,6 +334,11 @@ def _canonical_fields(seq: int, key_id: str, event: AuditEvent) -> dict[str, Any
     fields["occurred_at"] = _timestamp(event.occurred_at)
     fields["seq"] = seq
     fields["key_id"] = key_id
+    # Left out when empty: an event linked before these fields existed hashes as it did then.
+    if event.provider is not None:
+        fields["provider"] = event.provider
+    if event.validation is not None:
+        fields["validation"] = event.validation
     return fields
 
 
@@ -341,5 +385,7 @@ def event_from_row(row: Mapping[Any, Any]) -> ChainedEvent:
         request_id=row["request_id"],
         client_address=row["client_address"],
         user_agent=row["user_agent"],
+        provider=row["provider"],
+        validation=row["validation"],
     )
     return ChainedEvent(row["seq"], row["key_id"], bytes(row["link"]), event)

@@ -74,15 +74,16 @@ async def append(
 # the swap happened. They travel as one array per column, which asyncpg encodes without JSON.
 _APPEND_AFTER = """
     WITH head AS (
-        UPDATE audit_head SET seq = $14, link = $15, key_id = $16, mac = $17
-        WHERE id = $18 AND seq = $19 AND link = $20
+        UPDATE audit_head SET seq = $16, link = $17, key_id = $18, mac = $19
+        WHERE id = $20 AND seq = $21 AND link = $22
         RETURNING 1
     )
     INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
-                              key_version, request_id, client_address, user_agent, key_id, link)
+                              key_version, request_id, client_address, user_agent, key_id, link,
+                              provider, validation)
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::bytea[])
+                         $11::text[], $12::text[], $13::bytea[], $14::text[], $15::text[])
     WHERE EXISTS (SELECT 1 FROM head)
 """
 
@@ -134,6 +135,8 @@ def _columns(chained: Sequence[ChainedEvent]) -> list[list[Any]]:
             item.event.user_agent,
             item.key_id,
             item.link,
+            item.event.provider,
+            item.event.validation,
         )
         for item in chained
     ]
@@ -171,6 +174,7 @@ async def walk(executor: Executor, chunk: int = 1000) -> AsyncIterator[ChainedEv
 class EventFilter:
     target: str | None = None
     actor: str | None = None
+    provider: str | None = None
     action: str | None = None
     outcome: str | None = None
     since: datetime | None = None
@@ -185,6 +189,7 @@ async def list_events(
     conditions = {
         _EVENTS.c.target: where.target,
         _EVENTS.c.actor: where.actor,
+        _EVENTS.c.provider: where.provider,
         _EVENTS.c.action: where.action,
         _EVENTS.c.outcome: where.outcome,
     }
@@ -209,12 +214,12 @@ _INSERT_EVENTS_SQL = """
     WITH inserted AS (
         INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
                                   key_version, request_id, client_address, user_agent, key_id,
-                                  link)
+                                  link, provider, validation)
         SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
                              $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
-                             $11::text[], $12::text[], $13::bytea[])
+                             $11::text[], $12::text[], $13::bytea[], $14::text[], $15::text[])
     )
-    UPDATE audit_head SET link = $14, key_id = $15, mac = $16 WHERE id = $17
+    UPDATE audit_head SET link = $16, key_id = $17, mac = $18 WHERE id = $19
 """
 
 

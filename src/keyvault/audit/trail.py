@@ -35,7 +35,7 @@ from keyvault.audit.events import (
     Outcome,
     Verification,
     audit_key,
-    outcome_for_status,
+    outcome_for,
 )
 from keyvault.audit.repository import ChainHeadMissingError, Executor
 from keyvault.crypto.records import Keyring, RootKey
@@ -196,17 +196,27 @@ class RequestAudit:
     """The audit entry of one request to a key operation: who, what, where; then the outcome.
 
     It reads the request from its ASGI scope: `path_params["sub"]` is the target, and the state's
-    `principal` (once authenticated) the actor.
+    `principal` (once authenticated) the actor. `provider` names the key's provider (None for a
+    request about all of a user's keys); `validation` is what the provider said of a key checked
+    on save, once it was asked.
     """
 
-    __slots__ = ("_action", "_pending", "_scope", "_trail", "recorded")
+    __slots__ = ("_action", "_pending", "_provider", "_scope", "_trail", "recorded", "validation")
 
-    def __init__(self, trail: AuditTrail, scope: MutableMapping[str, Any], action: Action) -> None:
+    def __init__(
+        self,
+        trail: AuditTrail,
+        scope: MutableMapping[str, Any],
+        action: Action,
+        provider: str | None = None,
+    ) -> None:
         self._trail = trail
         self._scope = scope
         self._action = action
+        self._provider = provider
         self._pending: asyncio.Future[ChainedEvent] | None = None
         self.recorded = False
+        self.validation: str | None = None
 
     def succeeded(self, *, key_version: int | None) -> None:
         """A read: its event goes to the group commit now; `settled` waits for that commit."""
@@ -231,7 +241,7 @@ class RequestAudit:
 
     async def failed(self, error: Exception) -> None:
         """The request ends without success: a refusal (a `Problem`) or an error."""
-        outcome = outcome_for_status(error.status) if isinstance(error, Problem) else Outcome.error
+        outcome = outcome_for(error) if isinstance(error, Problem) else Outcome.error
         self.recorded = True
         await self._trail.record(self._event(outcome, None))
 
@@ -254,4 +264,6 @@ class RequestAudit:
             request_id=state.get("request_id"),
             client_address=client[0] if client else None,
             user_agent=user_agent,
+            provider=self._provider,
+            validation=self.validation,
         )

@@ -42,9 +42,9 @@ def rotate(
             return report, keyring
 
     report, keyring = asyncio.run(run())
-    for sub in report.corrupt:
+    for sub, provider in report.corrupt:
         typer.echo(
-            f"keyvault: the record of sub {sub!r} fails its integrity check; left as it is",
+            f"keyvault: the {provider} key of sub {sub!r} fails its integrity check; left as it is",
             err=True,
         )
     for key_id, count in sorted(report.unconfigured.items()):

@@ -54,9 +54,9 @@ def migrate(
     """
     settings = load_settings()
     report = asyncio.run(_migrate(settings, batch_size))
-    for sub in report.corrupt:
+    for sub, provider in report.corrupt:
         typer.echo(
-            f"keyvault: the record of sub {sub!r} fails its integrity check; left as it is",
+            f"keyvault: the {provider} key of sub {sub!r} fails its integrity check; left as it is",
             err=True,
         )
     for key_id, count in sorted(report.unconfigured.items()):

@@ -1,4 +1,5 @@
-"""`keyvault serve`: uvicorn over the app factory, after checking the schema and the master key."""
+"""`keyvault serve`: uvicorn over the app factory, after checking the providers file, the schema
+and the master key."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from keyvault.cli.common import check_unlocks, one_line_failures
 from keyvault.config import ConfigurationError, load_settings
 from keyvault.observability.logs import logging_config
 from keyvault.observability.metrics import MULTIPROCESS_DIR_VARIABLE
+from keyvault.providers.providers_file import load_providers
 
 # Under Docker's default 10 s stop timeout, yet ample for requests that take milliseconds.
 DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 8
@@ -45,7 +47,7 @@ def serve(
         typer.Option(min=1, help="On SIGTERM, seconds to let in-flight requests finish."),
     ] = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
 ) -> None:
-    """Run the HTTP service (after checking the schema and the master key)."""
+    """Run the HTTP service (after checking the providers file, the schema and the master key)."""
     import uvicorn
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
@@ -53,6 +55,7 @@ def serve(
             "--ssl-certfile and --ssl-keyfile go together; give both or neither"
         )
     settings = load_settings()
+    load_providers(settings)  # a bad providers file is one line here, not a worker's traceback
     log_config = logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
     asyncio.run(check_unlocks(settings))

@@ -1,15 +1,20 @@
-"""Record format v2: how an API key is sealed at rest.
+"""Record format v3: how an API key is sealed at rest.
 
     root key   = PBKDF2-HMAC-SHA256(master key, deployment salt, iterations)   once per process
                  (or 32 random bytes kept wrapped in the keyring, see crypto.keyring)
     key id     = hex(HMAC-SHA256(root key, "keyvault/key-id")[:8])
-    record key = HKDF-SHA256(root key, salt = 16 fresh bytes, info = "keyvault/record/v2")
+    record key = HKDF-SHA256(root key, salt = 16 fresh bytes, info = "keyvault/record/v3")
     ciphertext = AES-256-GCM(record key, nonce = 12 fresh bytes, api key,
-                             associated data = format version ‖ key id ‖ owner's sub)
+                             associated data = format version ‖ key id ‖ owner's sub ‖ provider)
 
-The associated data binds a record to its owner and to the key that sealed it: a record copied onto
-another user's row fails to open instead of handing over the wrong key. Every way opening can fail
-raises the same `RecordIntegrityError`, so error messages are no oracle.
+The associated data binds a record to its owner, to the provider whose key it is, and to the key
+that sealed it: a record copied onto another user's row, or onto another provider's slot of the
+same user, fails to open instead of handing over the wrong key. Every way opening can fail raises
+the same `RecordIntegrityError`, so error messages are no oracle.
+
+Format v2 records (info "keyvault/record/v2", no provider in the associated data) predate
+providers: each is its owner's `V2_PROVIDER` key, and opens in that slot only. Every write seals
+v3; rotation rewraps v2 records into v3.
 
 This module does no I/O and imports nothing from the web or the database.
 """
@@ -28,7 +33,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
+V2_FORMAT_VERSION: Final = 2
+# The provider every format v2 record belongs to: they were sealed when a user had one key.
+V2_PROVIDER: Final = "openai"
 ROOT_KEY_BYTES: Final = 32
 RECORD_SALT_BYTES: Final = 16
 NONCE_BYTES: Final = 12
@@ -37,13 +45,17 @@ MIN_KDF_ITERATIONS: Final = 600_000
 KEY_ID_BYTES: Final = 8
 
 _AAD_PREFIX: Final = b"keyvault"
-_RECORD_INFO: Final = b"keyvault/record/v2"
+_RECORD_INFO: Final = {
+    V2_FORMAT_VERSION: b"keyvault/record/v2",
+    FORMAT_VERSION: b"keyvault/record/v3",
+}
 _KEY_ID_LABEL: Final = b"keyvault/key-id"
 _VERIFIER_LABEL: Final = b"keyvault/verifier"
 
 
 class RecordIntegrityError(Exception):
-    """A record could not be opened: wrong owner, wrong key, or altered bytes. Deliberately vague."""
+    """A record could not be opened: wrong owner or provider, wrong key, or altered bytes.
+    Deliberately vague."""
 
     def __init__(self) -> None:
         super().__init__("record failed its integrity check")
@@ -119,42 +131,45 @@ class Keyring:
         """The root key with this id, current or retired (e.g. to check old audit links)."""
         return self._by_id.get(key_id)
 
-    def seal(self, owner: str, api_key: str) -> SealedRecord:
+    def seal(self, owner: str, provider: str, api_key: str) -> SealedRecord:
         return seal_with(
             self.current,
             owner,
+            provider,
             api_key,
             salt=os.urandom(RECORD_SALT_BYTES),
             nonce=os.urandom(NONCE_BYTES),
         )
 
-    def open(self, owner: str, record: SealedRecord) -> str:
+    def open(self, owner: str, provider: str, record: SealedRecord) -> str:
         root = self._by_id.get(record.key_id)
         if root is None:
             raise UnknownKeyIdError(record.key_id)
-        return open_with(root, owner, record)
+        return open_with(root, owner, provider, record)
 
 
 def seal_with(
-    root: RootKey, owner: str, api_key: str, *, salt: bytes, nonce: bytes
+    root: RootKey, owner: str, provider: str, api_key: str, *, salt: bytes, nonce: bytes
 ) -> SealedRecord:
     """Seal with a given salt and nonce; only the known-answer test passes fixed ones."""
-    aead = AESGCM(_hkdf(root.material, salt=salt, info=_RECORD_INFO))
-    aad = associated_data(FORMAT_VERSION, root.key_id, owner)
+    aead = AESGCM(_hkdf(root.material, salt=salt, info=_RECORD_INFO[FORMAT_VERSION]))
+    aad = associated_data(FORMAT_VERSION, root.key_id, owner, provider)
     ciphertext = aead.encrypt(nonce, api_key.encode("utf-8"), aad)
     return SealedRecord(FORMAT_VERSION, root.key_id, salt, nonce, ciphertext)
 
 
-def open_with(root: RootKey, owner: str, record: SealedRecord) -> str:
+def open_with(root: RootKey, owner: str, provider: str, record: SealedRecord) -> str:
+    info = _RECORD_INFO.get(record.format_version)
     if (
-        record.format_version != FORMAT_VERSION
+        info is None
+        or (record.format_version == V2_FORMAT_VERSION and provider != V2_PROVIDER)
         or record.key_id != root.key_id
         or len(record.salt) != RECORD_SALT_BYTES
         or len(record.nonce) != NONCE_BYTES
     ):
         raise RecordIntegrityError()
-    aead = AESGCM(_hkdf(root.material, salt=record.salt, info=_RECORD_INFO))
-    aad = associated_data(record.format_version, record.key_id, owner)
+    aead = AESGCM(_hkdf(root.material, salt=record.salt, info=info))
+    aad = associated_data(record.format_version, record.key_id, owner, provider)
     try:
         plaintext = aead.decrypt(record.nonce, record.ciphertext, aad)
         return plaintext.decode("utf-8")
@@ -162,19 +177,22 @@ def open_with(root: RootKey, owner: str, record: SealedRecord) -> str:
         raise RecordIntegrityError() from None
 
 
-def associated_data(format_version: int, key_id: str, owner: str) -> bytes:
-    """Length-prefixed fields, so no two (key id, owner) pairs can encode to the same bytes."""
+def associated_data(format_version: int, key_id: str, owner: str, provider: str) -> bytes:
+    """Length-prefixed fields, so no two (key id, owner, provider) can encode to the same bytes.
+    Format v2 binds no provider: its records are all the V2_PROVIDER key (see open_with)."""
     key_id_bytes = key_id.encode("ascii")
     owner_bytes = owner.encode("utf-8")
-    return b"".join(
-        (
-            _AAD_PREFIX,
-            struct.pack(">BH", format_version, len(key_id_bytes)),
-            key_id_bytes,
-            struct.pack(">H", len(owner_bytes)),
-            owner_bytes,
-        )
-    )
+    fields = [
+        _AAD_PREFIX,
+        struct.pack(">BH", format_version, len(key_id_bytes)),
+        key_id_bytes,
+        struct.pack(">H", len(owner_bytes)),
+        owner_bytes,
+    ]
+    if format_version != V2_FORMAT_VERSION:
+        provider_bytes = provider.encode("utf-8")
+        fields += [struct.pack(">H", len(provider_bytes)), provider_bytes]
+    return b"".join(fields)
 
 
 def new_deployment_salt() -> bytes:

@@ -19,6 +19,8 @@ NAMING_CONVENTION = {
 
 SUB_MAX_LENGTH = 255
 KEY_ID_LENGTH = 16
+PROVIDER_NAME_MAX_LENGTH = 32
+LABEL_MAX_LENGTH = 64
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -85,9 +87,13 @@ class RootKeyEntry(Base):
 
 
 class ApiKeyRecord(Base):
+    """One user's key for one provider. The primary key (sub, provider) is the read path's index,
+    and its leading column serves the listing of a user's keys."""
+
     __tablename__ = "api_keys"
 
     sub: Mapped[str] = mapped_column(String(SUB_MAX_LENGTH), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(PROVIDER_NAME_MAX_LENGTH), primary_key=True)
     format_version: Mapped[int] = mapped_column(SmallInteger)
     key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH), index=True)
     salt: Mapped[bytes] = mapped_column(LargeBinary)
@@ -97,6 +103,9 @@ class ApiKeyRecord(Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    label: Mapped[str | None] = mapped_column(String(LABEL_MAX_LENGTH), nullable=True)
+    # After this moment the key is no longer handed out; the record stays until replaced or deleted.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 AUDIT_ACTION_LENGTH = 16
@@ -104,6 +113,7 @@ AUDIT_OUTCOME_LENGTH = 32
 AUDIT_REQUEST_ID_LENGTH = 128
 AUDIT_ADDRESS_LENGTH = 64
 AUDIT_USER_AGENT_LENGTH = 256
+AUDIT_VALIDATION_LENGTH = 16
 
 
 class AuditEventRecord(Base):
@@ -124,6 +134,11 @@ class AuditEventRecord(Base):
     user_agent: Mapped[str | None] = mapped_column(String(AUDIT_USER_AGENT_LENGTH))
     key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH))
     link: Mapped[bytes] = mapped_column(LargeBinary)
+    # Which provider's key; empty on events from before there were providers, and on events
+    # about no single key (the list of a user's keys, rotation).
+    provider: Mapped[str | None] = mapped_column(String(PROVIDER_NAME_MAX_LENGTH))
+    # What the provider said of the key when a PUT asked it first (?validate=true).
+    validation: Mapped[str | None] = mapped_column(String(AUDIT_VALIDATION_LENGTH))
 
 
 class AuditHead(Base):

@@ -9,11 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from keyvault.audit.events import AuditEvent
-from keyvault.crypto.records import SealedRecord
 from keyvault.errors import PreconditionFailed
 from keyvault.keys.preconditions import Precondition
 from keyvault.keys.record_writes import RecordWrites
-from keyvault.keys.repository import RecordState
+from keyvault.keys.repository import NewRecord, RecordState
 from keyvault.keys.schemas import KeyStatus
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -28,12 +27,10 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class PutJob:
-    """A PUT ready to run: the key already sealed, and the audit event that must commit with it
-    (its key version is filled in once the write has one)."""
+    """A PUT ready to run: the record already sealed, and the audit event that must commit with
+    it (its key version is filled in once the write has one)."""
 
-    sub: str
-    sealed: SealedRecord
-    last4: str
+    record: NewRecord
     precondition: Precondition
     event: AuditEvent
 
@@ -45,11 +42,7 @@ def etag_for(state: RecordState) -> str:
 
 
 async def apply_put(
-    records: RecordWrites,
-    sub: str,
-    sealed: SealedRecord,
-    last4: str,
-    precondition: Precondition,
+    records: RecordWrites, record: NewRecord, precondition: Precondition
 ) -> WriteResult:
     """The write itself, honouring If-Match / If-None-Match; PreconditionFailed writes nothing.
 
@@ -57,35 +50,43 @@ async def apply_put(
     a concurrent write in between makes it fail rather than be overwritten."""
     now = datetime.now(UTC)
     if precondition.unconditional:
-        return written(sub, await records.upsert(sub, sealed, last4, now))
+        return written(record, await records.upsert(record, now))
     if precondition.only_creates:
-        state = await records.insert_if_absent(sub, sealed, last4, now)
+        state = await records.insert_if_absent(record, now)
         if state is None:
             raise PreconditionFailed("This user already has an API key (If-None-Match: *).")
-        return written(sub, state)
-    current = await records.get_state(sub)
+        return written(record, state)
+    current = await records.get_state(record.sub, record.provider)
     refusal = precondition.refusal(None if current is None else etag_for(current))
     if refusal is not None:
         raise PreconditionFailed(refusal)
     if current is None:
-        state = await records.insert_if_absent(sub, sealed, last4, now)
+        state = await records.insert_if_absent(record, now)
     else:
-        state = await records.replace_if_current(sub, current, sealed, last4, now)
+        state = await records.replace_if_current(record, current, now)
     if state is None:
         raise PreconditionFailed("The key has changed since its precondition was checked.")
-    return written(sub, state)
+    return written(record, state)
 
 
-def written(sub: str, state: RecordState) -> WriteResult:
-    return WriteResult(status_of(sub, state), etag_for(state), created=state.version == 1)
+def written(record: NewRecord, state: RecordState) -> WriteResult:
+    return WriteResult(
+        status_of(record.sub, record.provider, state, datetime.now(UTC)),
+        etag_for(state),
+        created=state.version == 1,
+    )
 
 
-def status_of(sub: str, state: RecordState) -> KeyStatus:
+def status_of(sub: str, provider: str, state: RecordState, now: datetime) -> KeyStatus:
     return KeyStatus(
         sub=sub,
+        provider=provider,
         has_api_key=True,
         last4=state.last4 or None,
+        label=state.label,
         created_at=state.created_at,
         updated_at=state.updated_at,
+        expires_at=state.expires_at,
+        expired=state.expired_at(now),
         version=state.version,
     )

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyvault.crypto.records import SealedRecord
 from keyvault.db.models import ApiKeyRecord
 from keyvault.keys.repository import (
     STATE_COLUMNS,
@@ -24,28 +23,27 @@ from keyvault.keys.repository import (
     upsert_record,
 )
 
+# A key's slot: whose key, for which provider.
+Slot = tuple[str, str]
+
 
 class RecordWrites(Protocol):
     """The statements a PUT runs, over whatever connection its transaction is on."""
 
-    async def upsert(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState: ...
+    async def upsert(self, record: NewRecord, now: datetime) -> RecordState: ...
 
-    async def insert_if_absent(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState | None: ...
+    async def insert_if_absent(self, record: NewRecord, now: datetime) -> RecordState | None: ...
 
     async def upsert_many(
         self, records: Sequence[NewRecord], now: datetime
-    ) -> dict[str, RecordState]:
-        """`upsert` of each record (their subs all different), by sub."""
+    ) -> dict[Slot, RecordState]:
+        """`upsert` of each record (their slots all different), by (sub, provider)."""
         ...
 
-    async def get_state(self, sub: str) -> RecordState | None: ...
+    async def get_state(self, sub: str, provider: str) -> RecordState | None: ...
 
     async def replace_if_current(
-        self, sub: str, expected: RecordState, sealed: SealedRecord, last4: str, now: datetime
+        self, record: NewRecord, expected: RecordState, now: datetime
     ) -> RecordState | None: ...
 
 
@@ -55,63 +53,62 @@ class SessionRecordWrites:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def upsert(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState:
-        return await upsert_record(self._session, sub, sealed, last4, now)
+    async def upsert(self, record: NewRecord, now: datetime) -> RecordState:
+        return await upsert_record(self._session, record, now)
 
     async def upsert_many(
         self, records: Sequence[NewRecord], now: datetime
-    ) -> dict[str, RecordState]:
+    ) -> dict[Slot, RecordState]:
         return {
-            record.sub: await upsert_record(
-                self._session, record.sub, record.sealed, record.last4, now
-            )
+            (record.sub, record.provider): await upsert_record(self._session, record, now)
             for record in records
         }
 
-    async def insert_if_absent(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState | None:
-        return await insert_record_if_absent(self._session, sub, sealed, last4, now)
+    async def insert_if_absent(self, record: NewRecord, now: datetime) -> RecordState | None:
+        return await insert_record_if_absent(self._session, record, now)
 
-    async def get_state(self, sub: str) -> RecordState | None:
-        return await get_state(self._session, sub)
+    async def get_state(self, sub: str, provider: str) -> RecordState | None:
+        return await get_state(self._session, sub, provider)
 
     async def replace_if_current(
-        self, sub: str, expected: RecordState, sealed: SealedRecord, last4: str, now: datetime
+        self, record: NewRecord, expected: RecordState, now: datetime
     ) -> RecordState | None:
-        return await replace_record_if_current(self._session, sub, expected, sealed, last4, now)
+        return await replace_record_if_current(self._session, record, expected, now)
 
 
 # The same statements for a bare asyncpg connection (see DriverRecordWrites).
 _T = ApiKeyRecord.__tablename__
 _STATE_SQL = ", ".join(column.key for column in STATE_COLUMNS)
-_SEALED_SQL = "format_version, key_id, salt, nonce, ciphertext, last4"
+_WRITTEN_SQL = "format_version, key_id, salt, nonce, ciphertext, last4, label, expires_at"
 _INSERT_SQL = (
-    f"INSERT INTO {_T} (sub, {_SEALED_SQL}, version, created_at, updated_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8)"
+    f"INSERT INTO {_T} (sub, provider, {_WRITTEN_SQL}, version, created_at, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11)"
 )
 _ON_CONFLICT_REPLACE = (
-    " ON CONFLICT (sub) DO UPDATE SET format_version = excluded.format_version,"
+    " ON CONFLICT (sub, provider) DO UPDATE SET format_version = excluded.format_version,"
     " key_id = excluded.key_id, salt = excluded.salt, nonce = excluded.nonce,"
-    " ciphertext = excluded.ciphertext, last4 = excluded.last4,"
+    " ciphertext = excluded.ciphertext, last4 = excluded.last4, label = excluded.label,"
+    " expires_at = excluded.expires_at,"
     f" updated_at = excluded.updated_at, version = {_T}.version + 1"
 )
 _UPSERT_SQL = f"{_INSERT_SQL}{_ON_CONFLICT_REPLACE} RETURNING {_STATE_SQL}"
-# Rows go in sorted by sub, so two workers' batches lock the rows they share in the same order.
+# Rows go in sorted by slot, so two workers' batches lock the rows they share in the same order.
 _UPSERT_MANY_SQL = (
-    f"INSERT INTO {_T} (sub, {_SEALED_SQL}, version, created_at, updated_at)"
-    f" SELECT sub, {_SEALED_SQL}, 1, $8, $8 FROM unnest($1::text[], $2::smallint[], $3::text[],"
-    f" $4::bytea[], $5::bytea[], $6::bytea[], $7::text[]) AS v(sub, {_SEALED_SQL}) ORDER BY sub"
-    f"{_ON_CONFLICT_REPLACE} RETURNING sub, {_STATE_SQL}"
+    f"INSERT INTO {_T} (sub, provider, {_WRITTEN_SQL}, version, created_at, updated_at)"
+    f" SELECT sub, provider, {_WRITTEN_SQL}, 1, $11, $11 FROM unnest($1::text[], $2::text[],"
+    " $3::smallint[], $4::text[], $5::bytea[], $6::bytea[], $7::bytea[], $8::text[], $9::text[],"
+    f" $10::timestamptz[]) AS v(sub, provider, {_WRITTEN_SQL}) ORDER BY sub, provider"
+    f"{_ON_CONFLICT_REPLACE} RETURNING sub, provider, {_STATE_SQL}"
 )
-_INSERT_IF_ABSENT_SQL = f"{_INSERT_SQL} ON CONFLICT (sub) DO NOTHING RETURNING {_STATE_SQL}"
-_GET_STATE_SQL = f"SELECT {_STATE_SQL} FROM {_T} WHERE sub = $1"
+_INSERT_IF_ABSENT_SQL = (
+    f"{_INSERT_SQL} ON CONFLICT (sub, provider) DO NOTHING RETURNING {_STATE_SQL}"
+)
+_GET_STATE_SQL = f"SELECT {_STATE_SQL} FROM {_T} WHERE sub = $1 AND provider = $2"
 _REPLACE_IF_CURRENT_SQL = (
-    f"UPDATE {_T} SET format_version = $2, key_id = $3, salt = $4, nonce = $5, ciphertext = $6,"
-    " last4 = $7, updated_at = $8, version = version + 1"
-    f" WHERE sub = $1 AND version = $9 AND created_at = $10 RETURNING {_STATE_SQL}"
+    f"UPDATE {_T} SET format_version = $3, key_id = $4, salt = $5, nonce = $6, ciphertext = $7,"
+    " last4 = $8, label = $9, expires_at = $10, updated_at = $11, version = version + 1"
+    " WHERE sub = $1 AND provider = $2 AND version = $12 AND created_at = $13"
+    f" RETURNING {_STATE_SQL}"
 )
 
 
@@ -125,62 +122,53 @@ class DriverRecordWrites:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
 
-    async def upsert(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState:
-        row = await self._connection.fetchrow(_UPSERT_SQL, *_driver_values(sub, sealed, last4, now))
+    async def upsert(self, record: NewRecord, now: datetime) -> RecordState:
+        row = await self._connection.fetchrow(_UPSERT_SQL, *_driver_values(record, now))
         return driver_state(row)
 
     async def upsert_many(
         self, records: Sequence[NewRecord], now: datetime
-    ) -> dict[str, RecordState]:
+    ) -> dict[Slot, RecordState]:
         if len(records) == 1:
             (record,) = records
-            return {record.sub: await self.upsert(record.sub, record.sealed, record.last4, now)}
-        rows = await self._connection.fetch(
-            _UPSERT_MANY_SQL,
-            [r.sub for r in records],
-            [r.sealed.format_version for r in records],
-            [r.sealed.key_id for r in records],
-            [r.sealed.salt for r in records],
-            [r.sealed.nonce for r in records],
-            [r.sealed.ciphertext for r in records],
-            [r.last4 for r in records],
-            now,
-        )
-        return {row[0]: driver_state(row[1:]) for row in rows}
+            return {(record.sub, record.provider): await self.upsert(record, now)}
+        columns = list(zip(*(_driver_values(r, now)[:-1] for r in records), strict=True))
+        rows = await self._connection.fetch(_UPSERT_MANY_SQL, *map(list, columns), now)
+        return {(row[0], row[1]): driver_state(row[2:]) for row in rows}
 
-    async def insert_if_absent(
-        self, sub: str, sealed: SealedRecord, last4: str, now: datetime
-    ) -> RecordState | None:
-        values = _driver_values(sub, sealed, last4, now)
-        row = await self._connection.fetchrow(_INSERT_IF_ABSENT_SQL, *values)
+    async def insert_if_absent(self, record: NewRecord, now: datetime) -> RecordState | None:
+        row = await self._connection.fetchrow(_INSERT_IF_ABSENT_SQL, *_driver_values(record, now))
         return None if row is None else driver_state(row)
 
-    async def get_state(self, sub: str) -> RecordState | None:
-        row = await self._connection.fetchrow(_GET_STATE_SQL, sub)
+    async def get_state(self, sub: str, provider: str) -> RecordState | None:
+        row = await self._connection.fetchrow(_GET_STATE_SQL, sub, provider)
         return None if row is None else driver_state(row)
 
     async def replace_if_current(
-        self, sub: str, expected: RecordState, sealed: SealedRecord, last4: str, now: datetime
+        self, record: NewRecord, expected: RecordState, now: datetime
     ) -> RecordState | None:
         row = await self._connection.fetchrow(
             _REPLACE_IF_CURRENT_SQL,
-            *_driver_values(sub, sealed, last4, now),
+            *_driver_values(record, now),
             expected.version,
             expected.created_at,
         )
         return None if row is None else driver_state(row)
 
 
-def _driver_values(sub: str, sealed: SealedRecord, last4: str, now: datetime) -> tuple[Any, ...]:
+def _driver_values(record: NewRecord, now: datetime) -> tuple[Any, ...]:
+    """The record's columns in the statements' order ($1 to $11), `now` last."""
+    sealed = record.sealed
     return (
-        sub,
+        record.sub,
+        record.provider,
         sealed.format_version,
         sealed.key_id,
         sealed.salt,
         sealed.nonce,
         sealed.ciphertext,
-        last4,
+        record.last4,
+        record.label,
+        record.expires_at,
         now,
     )

@@ -1,68 +1,92 @@
-"""The operations on a user's API key, as plain async functions over a session and a keyring."""
+"""The operations on a user's API keys, one per provider, as plain async functions over a session
+(or the read path's reader) and a keyring. A provider here is a configured provider's name."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.audit.events import AuditEvent
 from keyvault.crypto.records import Keyring, RecordIntegrityError, UnknownKeyIdError
-from keyvault.errors import NotFound, RecordUndecryptable
+from keyvault.errors import KeyExpired, NotFound, RecordUndecryptable
 from keyvault.keys import repository
 from keyvault.keys.preconditions import Precondition
 from keyvault.keys.put import PutJob, WriteResult, apply_put, etag_for, status_of
 from keyvault.keys.record_writes import SessionRecordWrites
-from keyvault.keys.schemas import ApiKeyRead, KeyStatus
+from keyvault.keys.repository import NewRecord
+from keyvault.keys.schemas import ApiKeyRead, ApiKeyWrite, KeyList, KeyStatus
 from keyvault.keys.writes import KeyWrites
 from keyvault.observability import metrics
 
 LAST4_MIN_KEY_LENGTH: Final = 12
 UNCONDITIONAL: Final = Precondition()
+NO_KEY: Final = "This user has no API key."
 
 log = logging.getLogger("keyvault")
+
+
+def new_record(
+    keyring: Keyring, sub: str, provider: str, api_key: str, body: ApiKeyWrite | None = None
+) -> NewRecord:
+    """The record a write stores: the key sealed to its owner and provider, with its label and
+    expiry from the request's body."""
+    return NewRecord(
+        sub,
+        provider,
+        keyring.seal(sub, provider, api_key),
+        last4_of(api_key),
+        label=body.label if body is not None else None,
+        expires_at=body.expires_at if body is not None else None,
+    )
 
 
 async def put_api_key(
     session: AsyncSession,
     keyring: Keyring,
     sub: str,
+    provider: str,
     api_key: str,
     precondition: Precondition = UNCONDITIONAL,
 ) -> WriteResult:
     """Store the key in `session`'s transaction, without an audit event (seeding, imports)."""
-    records = SessionRecordWrites(session)
-    return await apply_put(
-        records, sub, keyring.seal(sub, api_key), last4_of(api_key), precondition
-    )
+    record = new_record(keyring, sub, provider, api_key)
+    return await apply_put(SessionRecordWrites(session), record, precondition)
 
 
 async def put_api_key_audited(
     writes: KeyWrites,
     keyring: Keyring,
     sub: str,
-    api_key: str,
+    provider: str,
+    body: ApiKeyWrite,
     precondition: Precondition,
     event: AuditEvent,
 ) -> WriteResult:
     """Store the key and its audit event in one transaction, shared with concurrent PUTs."""
-    job = PutJob(sub, keyring.seal(sub, api_key), last4_of(api_key), precondition, event)
-    return await writes.put(job)
+    record = new_record(keyring, sub, provider, body.api_key.get_secret_value(), body)
+    return await writes.put(PutJob(record, precondition, event))
 
 
 async def get_api_key(
-    records: repository.RecordReader, keyring: Keyring, sub: str
+    records: repository.RecordReader, keyring: Keyring, sub: str, provider: str
 ) -> tuple[ApiKeyRead, str]:
-    record = await records.get_record(sub)
+    """The key in clear; NotFound when there is none, KeyExpired once its expiry has passed."""
+    record = await records.get_record(sub, provider)
     if record is None:
-        raise NotFound("This user has no API key.")
+        raise NotFound(NO_KEY)
+    state = record.state
+    if state.expires_at is not None and state.expired_at(datetime.now(UTC)):
+        raise KeyExpired()
     try:
-        api_key = keyring.open(sub, record.sealed)
+        api_key = keyring.open(sub, provider, record.sealed)
     except UnknownKeyIdError as error:
         metrics.DECRYPT_FAILURES.labels("unknown_key_id").inc()
         log.error(
-            "stored key for sub=%r is sealed under unconfigured key id %s",
+            "stored %s key for sub=%r is sealed under unconfigured key id %s",
+            provider,
             sub,
             error.key_id,
             extra={"event": "decrypt_failure", "reason": "unknown_key_id"},
@@ -73,40 +97,62 @@ async def get_api_key(
     except RecordIntegrityError:
         metrics.DECRYPT_FAILURES.labels("integrity").inc()
         log.error(
-            "stored key for sub=%r failed its integrity check (tampered or moved)",
+            "stored %s key for sub=%r failed its integrity check (tampered or moved)",
+            provider,
             sub,
             extra={"event": "decrypt_failure", "reason": "integrity"},
         )
         raise RecordUndecryptable(
-            "The stored key failed its integrity check; it was altered or copied from another user."
+            "The stored key failed its integrity check; it was altered or copied from another user or provider."
         ) from None
-    state = record.state
     body = ApiKeyRead(
         sub=sub,
+        provider=provider,
         api_key=api_key,
         last4=state.last4 or None,
+        label=state.label,
         created_at=state.created_at,
         updated_at=state.updated_at,
+        expires_at=state.expires_at,
         version=state.version,
     )
     return body, etag_for(state)
 
 
-async def get_status(session: AsyncSession, sub: str) -> tuple[KeyStatus, str | None]:
-    state = await repository.get_state(session, sub)
+async def get_status(
+    session: AsyncSession, sub: str, provider: str
+) -> tuple[KeyStatus, str | None]:
+    state = await repository.get_state(session, sub, provider)
     if state is None:
         empty = KeyStatus(
-            sub=sub, has_api_key=False, last4=None, created_at=None, updated_at=None, version=None
+            sub=sub,
+            provider=provider,
+            has_api_key=False,
+            last4=None,
+            label=None,
+            created_at=None,
+            updated_at=None,
+            expires_at=None,
+            expired=False,
+            version=None,
         )
         return empty, None
-    return status_of(sub, state), etag_for(state)
+    return status_of(sub, provider, state, datetime.now(UTC)), etag_for(state)
 
 
-async def delete_api_key(session: AsyncSession, sub: str) -> int:
+async def list_keys(session: AsyncSession, sub: str) -> KeyList:
+    now = datetime.now(UTC)
+    states = await repository.list_states(session, sub)
+    return KeyList(
+        sub=sub, keys=[status_of(sub, provider, state, now) for provider, state in states]
+    )
+
+
+async def delete_api_key(session: AsyncSession, sub: str, provider: str) -> int:
     """Delete the key; returns the version it had."""
-    version = await repository.delete_record(session, sub)
+    version = await repository.delete_record(session, sub, provider)
     if version is None:
-        raise NotFound("This user has no API key.")
+        raise NotFound(NO_KEY)
     return version
 
 

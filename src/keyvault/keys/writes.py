@@ -36,8 +36,7 @@ from keyvault.db.batching import Batch, BatchQueue, fail
 from keyvault.db.engine import driver_connection, is_database_outage, session_scope
 from keyvault.errors import AuditUnavailable, PreconditionFailed
 from keyvault.keys.put import PutJob, WriteResult, apply_put, written
-from keyvault.keys.record_writes import DriverRecordWrites, RecordWrites, SessionRecordWrites
-from keyvault.keys.repository import NewRecord
+from keyvault.keys.record_writes import DriverRecordWrites, RecordWrites, SessionRecordWrites, Slot
 
 log = logging.getLogger("keyvault")
 
@@ -152,31 +151,32 @@ async def _write_then_append(
 
 
 async def _write(records: RecordWrites, jobs: Sequence[PutJob]) -> list[Outcome]:
-    """Each job's write, in arrival order. Unconditional PUTs to different subs in a row go out as
-    one statement; a conditional PUT, or a second PUT to a sub, waits for the ones before it."""
+    """Each job's write, in arrival order. Unconditional PUTs to different keys (sub and provider)
+    in a row go out as one statement; a conditional PUT, or a second PUT to a key, waits for the
+    ones before it."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    pending: dict[str, int] = {}  # unconditional PUTs not yet written: sub → index in jobs
+    pending: dict[Slot, int] = {}  # unconditional PUTs not yet written: slot → index in jobs
 
     async def write_pending() -> None:
-        new = [NewRecord(jobs[i].sub, jobs[i].sealed, jobs[i].last4) for i in pending.values()]
-        states = await records.upsert_many(new, datetime.now(UTC))
-        for sub, index in pending.items():
-            outcomes[index] = written(sub, states[sub])
+        states = await records.upsert_many(
+            [jobs[i].record for i in pending.values()], datetime.now(UTC)
+        )
+        for slot, index in pending.items():
+            outcomes[index] = written(jobs[index].record, states[slot])
         pending.clear()
 
     for index, job in enumerate(jobs):
-        if job.precondition.unconditional and job.sub not in pending:
-            pending[job.sub] = index
+        slot = (job.record.sub, job.record.provider)
+        if job.precondition.unconditional and slot not in pending:
+            pending[slot] = index
             continue
         if pending:
             await write_pending()
         if job.precondition.unconditional:
-            pending[job.sub] = index
+            pending[slot] = index
             continue
         try:
-            outcomes[index] = await apply_put(
-                records, job.sub, job.sealed, job.last4, job.precondition
-            )
+            outcomes[index] = await apply_put(records, job.record, job.precondition)
         except PreconditionFailed as refused:
             outcomes[index] = refused
     if pending:

@@ -1,4 +1,5 @@
-"""Import from the seed application: each user's Fernet token becomes a v2 record under our key.
+"""Import from the seed application: each user's Fernet token becomes their openai key, sealed
+under our master key (the seed kept one key per user, which the openai routes serve).
 
 The seed's `user` table is read page by page in id order; its tokens are opened in worker processes
 (a PBKDF2 of 100,000 iterations per row is the import's main cost, so it is spread over the cores)
@@ -35,7 +36,7 @@ from keyvault.db.engine import session_scope
 from keyvault.db.models import SUB_MAX_LENGTH
 from keyvault.keys import repository
 from keyvault.keys.repository import StoredRecord
-from keyvault.keys.service import last4_of
+from keyvault.keys.service import new_record
 from keyvault.legacy_import.seed_crypto import (
     Opened,
     SeedToken,
@@ -43,12 +44,15 @@ from keyvault.legacy_import.seed_crypto import (
     open_token,
     open_tokens_in_worker,
 )
+from keyvault.providers.registry import OPENAI
 
 PAGE_ROWS: Final = 256
 CHUNK_ROWS: Final = 16  # rows per task handed to a worker process
 # The first rows whose token reached verification: if not one of them verifies, the master key
 # (or the iteration count) is wrong for every row, and the import stops before writing anything.
 PROBE_ROWS: Final = 20
+# Whose key the seed's keys become.
+PROVIDER: Final = OPENAI
 
 # The seed's table, as far as the import needs it. Untyped columns: the values arrive as the
 # driver gives them (SQLite may hold text where Postgres holds timestamps) and are checked here.
@@ -305,7 +309,7 @@ async def _store(
     if not usable:
         return
     async with session_scope(sessions) as session:
-        existing = await repository.get_records(session, [row.sub for row, _ in usable])
+        existing = await repository.get_records(session, [row.sub for row, _ in usable], PROVIDER)
         for row, api_key in usable:
             await _store_one(
                 session, keyring, row, api_key, existing.get(row.sub), report, overwrite, dry_run
@@ -328,9 +332,7 @@ async def _store_one(
             created = row.created_at or now
             state = await repository.insert_imported_record(
                 session,
-                row.sub,
-                keyring.seal(row.sub, api_key),
-                last4_of(api_key),
+                new_record(keyring, row.sub, PROVIDER, api_key),
                 created,
                 row.updated_at or created,
             )
@@ -348,7 +350,7 @@ async def _store_one(
         return
     if not dry_run:
         state = await repository.replace_record_if_current(
-            session, row.sub, current.state, keyring.seal(row.sub, api_key), last4_of(api_key), now
+            session, new_record(keyring, row.sub, PROVIDER, api_key), current.state, now
         )
         if state is None:
             report.kept += 1
@@ -359,6 +361,6 @@ async def _store_one(
 def _holds(keyring: Keyring, sub: str, current: StoredRecord, api_key: str) -> bool:
     """Whether the vault's record already holds this key; one it cannot open does not."""
     try:
-        return keyring.open(sub, current.sealed) == api_key
+        return keyring.open(sub, PROVIDER, current.sealed) == api_key
     except (UnknownKeyIdError, RecordIntegrityError):
         return False

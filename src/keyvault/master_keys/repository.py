@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Row, Table, bindparam, func, inspect, or_, select, text, update
+from sqlalchemy import Row, Table, bindparam, func, inspect, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.crypto.records import SealedRecord
@@ -111,6 +111,7 @@ class RewrapCandidate:
     """A record not sealed under the current key, as it was read (the compare-and-swap's basis)."""
 
     sub: str
+    provider: str
     sealed: SealedRecord
     version: int
 
@@ -127,11 +128,12 @@ async def records_to_rewrap(
     current_key_id: str,
     format_version: int,
     *,
-    after: str | None,
+    after: tuple[str, str] | None,
     limit: int,
     lock: bool,
 ) -> list[RewrapCandidate]:
-    """The next records (by sub, after `after`) not sealed under the current key and format.
+    """The next records (by sub and provider, after `after`) not sealed under the current key and
+    format: every provider's keys, in primary-key order.
 
     With `lock`, Postgres locks them for this transaction and skips rows another rotator holds, so
     concurrent rotators share the work; SQLite has no row locks (the clause is not rendered) and
@@ -140,6 +142,7 @@ async def records_to_rewrap(
     statement = (
         select(
             ApiKeyRecord.sub,
+            ApiKeyRecord.provider,
             ApiKeyRecord.format_version,
             ApiKeyRecord.key_id,
             ApiKeyRecord.salt,
@@ -153,17 +156,18 @@ async def records_to_rewrap(
                 ApiKeyRecord.format_version != format_version,
             )
         )
-        .order_by(ApiKeyRecord.sub)
+        .order_by(ApiKeyRecord.sub, ApiKeyRecord.provider)
         .limit(limit)
     )
     if after is not None:
-        statement = statement.where(ApiKeyRecord.sub > after)
+        statement = statement.where(tuple_(ApiKeyRecord.sub, ApiKeyRecord.provider) > after)
     if lock:
         statement = statement.with_for_update(skip_locked=True)
     rows = (await session.execute(statement)).all()
     return [
         RewrapCandidate(
             row.sub,
+            row.provider,
             SealedRecord(row.format_version, row.key_id, row.salt, row.nonce, row.ciphertext),
             row.version,
         )
@@ -190,6 +194,7 @@ async def swap_sealed(
         update(table)
         .where(
             table.c.sub == bindparam("b_sub"),
+            table.c.provider == bindparam("b_provider"),
             table.c.version == bindparam("b_version"),
             table.c.key_id == bindparam("b_old_key_id"),
             table.c.nonce == bindparam("b_old_nonce"),
@@ -205,6 +210,7 @@ async def swap_sealed(
     parameters = [
         {
             "b_sub": old.sub,
+            "b_provider": old.provider,
             "b_version": old.version,
             "b_old_key_id": old.sealed.key_id,
             "b_old_nonce": old.sealed.nonce,
@@ -229,13 +235,14 @@ _SWAP_SEALED_POSTGRES = text(
     SET format_version = v.format_version, key_id = v.key_id, salt = v.salt, nonce = v.nonce,
         ciphertext = v.ciphertext
     FROM unnest(
-        CAST(:subs AS varchar[]), CAST(:versions AS integer[]), CAST(:old_key_ids AS varchar[]),
-        CAST(:old_nonces AS bytea[]), CAST(:format_versions AS smallint[]),
-        CAST(:key_ids AS varchar[]), CAST(:salts AS bytea[]), CAST(:nonces AS bytea[]),
-        CAST(:ciphertexts AS bytea[])
-    ) AS v(sub, version, old_key_id, old_nonce, format_version, key_id, salt, nonce, ciphertext)
-    WHERE k.sub = v.sub AND k.version = v.version AND k.key_id = v.old_key_id
-      AND k.nonce = v.old_nonce
+        CAST(:subs AS varchar[]), CAST(:providers AS varchar[]), CAST(:versions AS integer[]),
+        CAST(:old_key_ids AS varchar[]), CAST(:old_nonces AS bytea[]),
+        CAST(:format_versions AS smallint[]), CAST(:key_ids AS varchar[]),
+        CAST(:salts AS bytea[]), CAST(:nonces AS bytea[]), CAST(:ciphertexts AS bytea[])
+    ) AS v(sub, provider, version, old_key_id, old_nonce, format_version, key_id, salt, nonce,
+           ciphertext)
+    WHERE k.sub = v.sub AND k.provider = v.provider AND k.version = v.version
+      AND k.key_id = v.old_key_id AND k.nonce = v.old_nonce
     RETURNING k.sub
     """
 )
@@ -246,6 +253,7 @@ async def _swap_sealed_postgres(
 ) -> int:
     parameters = {
         "subs": [old.sub for old, _ in swaps],
+        "providers": [old.provider for old, _ in swaps],
         "versions": [old.version for old, _ in swaps],
         "old_key_ids": [old.sealed.key_id for old, _ in swaps],
         "old_nonces": [old.sealed.nonce for old, _ in swaps],

@@ -1,7 +1,8 @@
 """Master-key rotation: rewrap records sealed under retired keys, and report which keys are in use.
 
 A rewrap opens a record with whichever configured key sealed it and seals the same plaintext anew
-under the current key (fresh salt and nonce). It runs batch by batch, each batch its own
+under the current key and record format (fresh salt and nonce), every provider's keys alike: a
+format v2 record becomes v3, bound to its provider. It runs batch by batch, each batch its own
 transaction, so a rotation killed at any moment leaves every record either as it was or fully
 rewrapped, and running it again carries on. It keeps the record's `version` and `updated_at`: the
 user's value did not change, so their ETags stay valid. A PUT that lands between the read and the
@@ -39,7 +40,8 @@ class RewrapReport:
     # Lost the compare-and-swap: a PUT, a delete or another rotator got there first.
     changed_meanwhile: int = 0
     unconfigured: Counter[str] = field(default_factory=Counter)  # key id → records
-    corrupt: list[str] = field(default_factory=list)  # subs whose record fails its integrity check
+    # (sub, provider) of each record that fails its integrity check
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
     # After the run: records still not under the current key, by key id.
     remaining: dict[str, int] = field(default_factory=dict)
 
@@ -83,11 +85,11 @@ async def rewrap(
 ) -> RewrapReport:
     """Rewrap every record not under the current key and format; `dry_run` only opens them.
 
-    Walks the table once in sub order. Records that cannot be opened (key not configured, or
+    Every provider's keys: walks the table once in (sub, provider) order. Records that cannot be opened (key not configured, or
     corrupt) are counted and left as they are; the walk moves past them, so it always ends.
     """
     report = RewrapReport()
-    after: str | None = None
+    after: tuple[str, str] | None = None
     while True:
         async with session_scope(sessions) as session:
             batch = await repository.records_to_rewrap(
@@ -100,7 +102,7 @@ async def rewrap(
             )
             if not batch:
                 break
-            after = batch[-1].sub
+            after = (batch[-1].sub, batch[-1].provider)
             swaps = _reseal(keyring, batch, report)
             if dry_run:
                 report.rewrapped += len(swaps)
@@ -119,14 +121,14 @@ def _reseal(
     swaps = []
     for candidate in batch:
         try:
-            plaintext = keyring.open(candidate.sub, candidate.sealed)
+            plaintext = keyring.open(candidate.sub, candidate.provider, candidate.sealed)
         except UnknownKeyIdError as error:
             report.unconfigured[error.key_id] += 1
             continue
         except RecordIntegrityError:
-            report.corrupt.append(candidate.sub)
+            report.corrupt.append((candidate.sub, candidate.provider))
             continue
-        swaps.append((candidate, keyring.seal(candidate.sub, plaintext)))
+        swaps.append((candidate, keyring.seal(candidate.sub, candidate.provider, plaintext)))
     return swaps
 
 

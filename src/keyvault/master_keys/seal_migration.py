@@ -44,7 +44,7 @@ class MigrationReport:
     rewrapped: int = 0
     changed_meanwhile: int = 0
     unconfigured: Counter[str] = field(default_factory=Counter)
-    corrupt: list[str] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (sub, provider)
     removed: list[str] = field(default_factory=list)  # key ids of the derived entries removed
     remaining: dict[str, int] = field(default_factory=dict)  # records not yet moved, by key id
 

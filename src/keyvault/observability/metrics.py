@@ -1,7 +1,7 @@
 """Prometheus metrics and their exposition. No label ever holds a sub, a token or a key.
 
 Labels are route templates (`/users/{sub}/api-key`, never the path a caller sent), methods, status
-codes, fixed reason words, and master key ids (a fingerprint that names a master key without
+codes, fixed reason words, configured provider names, and master key ids (a fingerprint that names a master key without
 revealing it). With several worker processes, prometheus-client's multiprocess mode adds up every
 worker's counters: `keyvault serve --workers N` sets PROMETHEUS_MULTIPROC_DIR for that.
 """
@@ -79,6 +79,11 @@ RATE_LIMITED = Counter(
 RATE_LIMIT_STORAGE_ERRORS = Counter(
     "keyvault_rate_limit_storage_errors",
     "Rate-limit checks skipped because the limiter's storage (Redis) failed.",
+)
+KEY_VALIDATIONS = Counter(
+    "keyvault_key_validations",
+    "Keys checked with their provider on save (PUT ?validate=true), by provider and verdict.",
+    ["provider", "verdict"],
 )
 DATABASE_UNAVAILABLE = Counter(
     "keyvault_database_unavailable",

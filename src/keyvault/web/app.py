@@ -25,6 +25,8 @@ from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
 from keyvault.master_keys.keyring import open_keyring
+from keyvault.providers.providers_file import load_providers
+from keyvault.providers.validation import KeyValidator
 from keyvault.ratelimit.limiter import RateLimiter
 from keyvault.web import audit_routes, health_routes, key_routes
 from keyvault.web.docs import install_docs
@@ -44,8 +46,10 @@ from keyvault.web.telemetry import RequestTelemetry
 log = logging.getLogger("keyvault")
 
 DESCRIPTION = """\
-Keeps each user's third-party API key encrypted at rest (AES-256-GCM, bound to its owner) and
-hands the decrypted key to services holding a bearer token with the right scope.
+Keeps each user's third-party API keys, one per provider, encrypted at rest (AES-256-GCM, bound to
+its owner and provider) and hands a decrypted key to services holding a bearer token with the right
+scope. `/users/{sub}/api-key` is the user's `openai` key, `/users/{sub}/api-keys/{provider}` any
+configured provider's.
 
 Scopes: `api-key:read`, `api-key:write`, `api-key:delete` act on the token's own `sub`; add
 `users:any` to act on any user. Every error is `application/problem+json` (RFC 9457).
@@ -73,6 +77,7 @@ class KeyvaultApp(FastAPI):
 
     keyvault: AppState | None = None
     documented: list[BaseRoute]
+    provider_names: list[str]
 
     def build_middleware_stack(self) -> ASGIApp:
         # The innermost user middleware: only what it hands on meets FastAPI's exception
@@ -94,6 +99,7 @@ class KeyvaultApp(FastAPI):
                 description=self.description,
                 routes=self.documented,
             )
+            _name_the_providers(self.openapi_schema, self.provider_names)
         return self.openapi_schema
 
 
@@ -106,6 +112,7 @@ def create_app(
     """The service. `keyring` lets tests skip re-deriving the root key for every app they build;
     `freeze_startup_objects` is for a server process (see create_served_app)."""
     settings = settings or get_settings()
+    providers = load_providers(settings)  # a bad providers file stops here, before serving
     rate_limiter = RateLimiter.from_settings(settings)
 
     step_up = StepUpPolicy.from_settings(settings)
@@ -128,6 +135,7 @@ def create_app(
             settings.database_url.get_secret_value(), timeouts, lambda: _unlocked(unlocked)
         )
         writes = KeyWrites(engine, sessions, audit)
+        validator = KeyValidator(settings.provider_timeout)
         try:
             if unlocked is None:
                 # The seal's only use: after this, no request calls it (nor the HSM).
@@ -147,6 +155,8 @@ def create_app(
                 keyring=unlocked,
                 audit=audit,
                 key_writes=writes,
+                providers=providers,
+                key_validator=validator,
                 token_verifier=TokenVerifier(settings, jwks),
                 rate_limiter=rate_limiter,
                 step_up=step_up,
@@ -161,6 +171,7 @@ def create_app(
                     "rate_limit_per_address": settings.address_rate_limit or "off",
                     "rate_limit_storage": rate_limiter.storage_kind,
                     "metrics_token": settings.metrics_token is not None,
+                    "providers": providers.names,
                 },
             )
             await rotation.log_unconfigured_key_ids(sessions, unlocked)
@@ -180,6 +191,7 @@ def create_app(
             log.info("keyvault stopping", extra={"event": "shutdown"})
             app.keyvault = None
             await writes.aclose()
+            await validator.aclose()
             await reader.aclose()
             await audit.aclose()
             await rate_limiter.aclose()
@@ -225,7 +237,17 @@ def create_app(
     install_docs(app)
     install_error_handlers(app)
     app.documented = [*app.routes[:split], *key_routes.router.routes, *app.routes[split:]]
+    app.provider_names = providers.names
     return app
+
+
+def _name_the_providers(schema: dict[str, Any], names: list[str]) -> None:
+    """The `{provider}` path parameter takes exactly the configured providers' names."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter["in"] == "path" and parameter["name"] == "provider":
+                    parameter["schema"] = {**parameter["schema"], "enum": list(names)}
 
 
 def _unlocked(keyring: Keyring | None) -> Keyring:

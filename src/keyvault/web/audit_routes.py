@@ -14,7 +14,7 @@ from keyvault.audit import repository as audit_repository
 from keyvault.audit.events import Action, ChainedEvent, Outcome
 from keyvault.audit.repository import EventFilter
 from keyvault.auth.tokens import ANY_KEY_ACCESS, Principal
-from keyvault.db.models import SUB_MAX_LENGTH
+from keyvault.db.models import PROVIDER_NAME_MAX_LENGTH, SUB_MAX_LENGTH
 from keyvault.keys.schemas import AccessLogEntry, AccessLogPage, AuditEventRead, AuditPage
 from keyvault.web.audit_query import (
     CURSOR_MAX_LENGTH,
@@ -46,6 +46,15 @@ def _sub_filter(description: str) -> object:
 
 TargetFilter = Annotated[str | None, _sub_filter("Target user's `sub`.")]
 ActorFilter = Annotated[str | None, _sub_filter("Caller's `sub`.")]
+ProviderFilter = Annotated[
+    str | None,
+    Query(
+        description="The provider whose key the events are about.",
+        min_length=1,
+        max_length=PROVIDER_NAME_MAX_LENGTH,
+        pattern=FILTER_PATTERN,
+    ),
+]
 Since = Annotated[
     UtcDateTime | None,
     Query(alias="from", description="From this time on (inclusive); RFC 3339 with an offset."),
@@ -81,6 +90,7 @@ async def search_audit(
     session: Session,
     sub: TargetFilter = None,
     actor: ActorFilter = None,
+    provider: ProviderFilter = None,
     action: Action | None = None,
     outcome: Outcome | None = None,
     since: Since = None,
@@ -91,6 +101,7 @@ async def search_audit(
     where = EventFilter(
         target=sub,
         actor=actor,
+        provider=provider,
         action=action,
         outcome=outcome,
         since=since,
@@ -106,7 +117,7 @@ async def search_audit(
 @router.get(
     SUBJECT_PATH + "/api-key/access-log",
     response_model=AccessLogPage,
-    summary="Who used this user's API key, and when (newest first)",
+    summary="Who used this user's API keys (every provider's), and when (newest first)",
     tags=["audit"],
     responses=problems(401, 403, 422, 503),
 )
@@ -124,6 +135,7 @@ async def read_access_log(
                 occurred_at=item.event.occurred_at,
                 actor=item.event.actor,
                 client_id=item.event.client_id,
+                provider=item.event.provider,
                 action=item.event.action,
                 outcome=item.event.outcome,
             )
@@ -152,8 +164,10 @@ def _fields(item: ChainedEvent) -> dict[str, object]:
         "client_id": event.client_id,
         "action": event.action,
         "target": event.target,
+        "provider": event.provider,
         "outcome": event.outcome,
         "key_version": event.key_version,
+        "validation": event.validation,
         "request_id": event.request_id,
         "client_address": event.client_address,
         "user_agent": event.user_agent,

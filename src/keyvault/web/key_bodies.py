@@ -1,6 +1,6 @@
 """What a key operation reads from its request besides the token: the sub's rules, and a PUT's
-body as ApiKeyWrite. Their refusals name the field and the rule, worded as for any route's
-validation error (web.problems), never the value.
+body as ApiKeyWrite and its `validate` query parameter. Their refusals name the field and the
+rule, worded as for any route's validation error (web.problems), never the value.
 
 A body is JSON when its Content-Type is `application/json` or `application/*+json`; it is read as
 UTF-8 JSON only (web.json_body). Any other body, or none, is refused by the model like any input
@@ -10,6 +10,7 @@ that is not an object.
 from __future__ import annotations
 
 import email.message
+import urllib.parse
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
@@ -44,6 +45,8 @@ _SUB_RULES: Final = TypeAdapter(
     Annotated[str, Field(min_length=1, max_length=SUB_MAX_LENGTH), AfterValidator(_acceptable_sub)]
 )
 _MISSING: Final = object()
+# A query flag as FastAPI reads a `bool` parameter (true/false, 1/0, yes/no, on/off, …).
+_FLAG: Final = TypeAdapter(bool)
 
 
 def sub_reasons(sub: str) -> list[str]:
@@ -53,6 +56,24 @@ def sub_reasons(sub: str) -> list[str]:
     except ValidationError as error:
         return validation_reasons(error.errors(), ("path", "sub"))
     return []
+
+
+def validate_flag(scope: Scope) -> tuple[bool, list[str]]:
+    """A PUT's `?validate=`: whether to ask the provider first, and why the value is refused."""
+    query = scope.get("query_string", b"")
+    if b"validate" not in query:
+        return False, []
+    values = [
+        value
+        for name, value in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if name == "validate"
+    ]
+    if not values:
+        return False, []
+    try:
+        return _FLAG.validate_python(values[-1]), []
+    except ValidationError as error:
+        return False, validation_reasons(error.errors(), ("query", "validate"))
 
 
 async def read_key_write(scope: Scope, receive: Receive) -> ApiKeyWrite:

@@ -1,5 +1,7 @@
 """The key operations, served: one lean ASGI endpoint per operation, and the matcher in front of
-FastAPI's router that sends each request on a key path to its endpoint.
+FastAPI's router that sends each request on a key path to its endpoint. A provider's key
+(`/users/{sub}/api-keys/{provider}`) and the openai key at `/users/{sub}/api-key` are served by the
+same endpoints; `GET /users/{sub}/api-keys` lists a user's keys.
 
 Other services read a key before every call they make to a provider, so these requests are the
 product's speed, and FastAPI's per-request routing, `Request` objects and dependency injection
@@ -7,8 +9,9 @@ would cost more CPU than the operation itself. Each endpoint walks the steps of 
 documented in keyvault.web.key_routes, in the order the contract gives them:
 
     audit entry → bearer token verified (401) → principal rate limit (429) → sub rules (422)
-    → access for the sub (403) → body, for a PUT (413 is the middleware's, 422) → preconditions
-    (422, 412) → the service → the response
+    → access for the sub (403) → a configured provider (404) → for a PUT: `validate` and the body
+    (413 is the middleware's, 422), preconditions (422), the provider's verdict on the key when
+    asked (422, 502, 504) → the service (412 for a failed precondition) → the response
 
 Every refusal is a `Problem`, answered by web.problems and audited with its outcome; anything else
 that goes wrong is audited as an `error` and left to middleware.LastResortErrors (500, or 503 for
@@ -54,26 +57,35 @@ from keyvault.errors import (
     Problem,
     ServiceUnavailable,
     Unauthorized,
+    UnknownProvider,
 )
 from keyvault.keys import service
 from keyvault.keys.preconditions import precondition_of
 from keyvault.keys.put import WriteResult
 from keyvault.keys.schemas import ApiKeyRead
 from keyvault.observability import metrics
-from keyvault.web.key_bodies import body_reasons, read_key_write, sub_reasons
+from keyvault.providers.registry import Provider
+from keyvault.providers.validation import refusal
+from keyvault.web.key_bodies import body_reasons, read_key_write, sub_reasons, validate_flag
 from keyvault.web.problems import method_not_allowed, problem_answer
+from keyvault.web.routing import (
+    KEY_ROUTE,
+    LIST_ROUTE,
+    PROVIDER_KEY_ROUTE,
+    PROVIDER_STATUS_ROUTE,
+    STATUS_ROUTE,
+    match_key_path,
+)
 from keyvault.web.state import AppState, HoldsState
 
 log = logging.getLogger("keyvault")
 
-KEY_SUFFIX: Final = "/api-key"
-STATUS_SUFFIX: Final = "/api-key/status"
-USERS_PREFIX: Final = "/users/"
 NO_STORE: Final = {"Cache-Control": "no-store"}
 NOT_READY: Final = ServiceUnavailable("The keyring is not open yet.")
 
-# The operation's own work, given the state, the scope, its receive, the sub and the audit entry.
-Work = Callable[[AppState, Scope, Receive, str, RequestAudit], Awaitable[Response]]
+# The operation's own work, given the state, the scope, its receive, the sub, the provider's name
+# as the path gave it (None for the list of all of a user's keys) and the audit entry.
+Work = Callable[[AppState, Scope, Receive, str, str | None, RequestAudit], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,50 +94,49 @@ class Operation:
     access: Access
     work: Work
     route: APIRoute  # the documented route: its `path_format` names the request in logs, metrics
+    names_provider: bool  # whether the path has a {provider} parameter
 
 
 class KeyOperations:
-    """Sits where FastAPI's router is: serves the key paths' operations, hands the rest on.
-
-    A path is a key path as `/users/{sub:subject}/api-key` (web.routing) matches it: the sub is
-    anything, a newline included (refused as an invalid sub), and no path ends in a newline.
-    """
+    """Sits where FastAPI's router is: serves the key paths' operations, hands the rest on."""
 
     def __init__(self, app: ASGIApp, keyvault: HoldsState, documented: list[BaseRoute]) -> None:
         self.app = app
         self._keyvault = keyvault
-        self._key: dict[str, Operation] = {}
-        self._status: dict[str, Operation] = {}
+        self._operations: dict[str, dict[str, Operation]] = {}  # by route template, by method
         for route in documented:
             assert isinstance(route, APIRoute)
             assert route.methods is not None
             for method in route.methods:
                 action, access, work = SERVED[f"{method} {route.path_format}"]
-                table = self._status if route.path_format.endswith(STATUS_SUFFIX) else self._key
-                table[method] = Operation(action, access, work, route)
+                table = self._operations.setdefault(route.path_format, {})
+                names_provider = route.path_format.startswith(PROVIDER_KEY_ROUTE)
+                table[method] = Operation(action, access, work, route, names_provider)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if path.startswith(USERS_PREFIX):
-            if path.endswith(KEY_SUFFIX) and len(path) >= len(USERS_PREFIX) + len(KEY_SUFFIX):
-                sub = path[len(USERS_PREFIX) : -len(KEY_SUFFIX)]
-                await self._serve(self._key, sub, scope, receive, send)
-                return
-            if path.endswith(STATUS_SUFFIX) and len(path) >= len(USERS_PREFIX) + len(STATUS_SUFFIX):
-                sub = path[len(USERS_PREFIX) : -len(STATUS_SUFFIX)]
-                await self._serve(self._status, sub, scope, receive, send)
-                return
-            stripped = path.rstrip("/")
-            if stripped != path and stripped.endswith((KEY_SUFFIX, STATUS_SUFFIX)):
-                # As Starlette's router redirects a path that matches only without its slash.
-                await RedirectResponse(str(URL(scope={**scope, "path": stripped})))(
-                    scope, receive, send
-                )
-                return
+        matched = match_key_path(path)
+        if matched is not None:
+            route, sub, provider = matched
+            await self._serve(self._operations[route], sub, provider, scope, receive, send)
+            return
+        stripped = path.rstrip("/")
+        if stripped != path and match_key_path(stripped) is not None:
+            # As Starlette's router redirects a path that matches only without its slash.
+            await RedirectResponse(str(URL(scope={**scope, "path": stripped})))(
+                scope, receive, send
+            )
+            return
         await self.app(scope, receive, send)
 
     async def _serve(
-        self, operations: dict[str, Operation], sub: str, scope: Scope, receive: Receive, send: Send
+        self,
+        operations: dict[str, Operation],
+        sub: str,
+        provider: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         operation = operations.get(scope["method"])
         if operation is None:
@@ -136,9 +147,11 @@ class KeyOperations:
         if state is None:  # not started, or stopping
             await problem_answer(NOT_READY)(scope, receive, send)
             return
-        scope["path_params"] = {"sub": sub}
+        scope["path_params"] = (
+            {"sub": sub, "provider": provider} if operation.names_provider else {"sub": sub}
+        )
         scope["route"] = operation.route
-        audit = RequestAudit(state.audit, scope, operation.action)
+        audit = RequestAudit(state.audit, scope, operation.action, provider)
         try:
             principal = await _authenticate(state, scope)
             if sub_problem(sub) is not None:
@@ -147,7 +160,7 @@ class KeyOperations:
                     reasons += await body_reasons(scope, receive)
                 raise InvalidRequest("; ".join(dict.fromkeys(reasons)))
             _check_access(state, scope, principal, sub, operation.access)
-            response = await operation.work(state, scope, receive, sub, audit)
+            response = await operation.work(state, scope, receive, sub, provider, audit)
             if not audit.recorded:
                 log.error("%s returned without recording its audit event", operation.route.path)
                 raise AuditUnavailable()
@@ -211,10 +224,24 @@ def _check_access(
         raise
 
 
+def known_provider(state: AppState, name: str | None) -> Provider:
+    """The configured provider the path names; 404 for any other name."""
+    provider = state.providers.get(name) if name is not None else None
+    if provider is None:
+        raise UnknownProvider()
+    return provider
+
+
 async def read_api_key(
-    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+    state: AppState,
+    _scope: Scope,
+    _receive: Receive,
+    sub: str,
+    name: str | None,
+    audit: RequestAudit,
 ) -> Response:
-    body, etag = await service.get_api_key(state.record_reader, state.keyring, sub)
+    provider = known_provider(state, name)
+    body, etag = await service.get_api_key(state.record_reader, state.keyring, sub, provider.name)
     audit.succeeded(key_version=body.version)
     await audit.settled()  # the key never leaves before its event is committed
     return key_response(body, etag)
@@ -228,22 +255,35 @@ def key_response(body: ApiKeyRead, etag: str) -> Response:
 
 
 async def put_api_key(
-    state: AppState, scope: Scope, receive: Receive, sub: str, audit: RequestAudit
+    state: AppState, scope: Scope, receive: Receive, sub: str, name: str | None, audit: RequestAudit
 ) -> Response:
+    provider = known_provider(state, name)
+    validate, reasons = validate_flag(scope)
+    if reasons:  # and the body's, as one refusal
+        raise InvalidRequest("; ".join(reasons + await body_reasons(scope, receive)))
     write = await read_key_write(scope, receive)
     if_match: list[str] = []
     if_none_match: list[str] = []
-    for name, value in scope["headers"]:
-        if name == b"if-match":
+    for header, value in scope["headers"]:
+        if header == b"if-match":
             if_match.append(value.decode("latin-1"))
-        elif name == b"if-none-match":
+        elif header == b"if-none-match":
             if_none_match.append(value.decode("latin-1"))
+    precondition = precondition_of(if_match, if_none_match)
+    if validate:
+        # Before anything is written: a key the provider does not confirm is never stored.
+        verdict = await state.key_validator.check(provider, write.api_key.get_secret_value())
+        audit.validation = verdict.value
+        refused = refusal(verdict)
+        if refused is not None:
+            raise refused
     result = await service.put_api_key_audited(
         state.key_writes,
         state.keyring,
         sub,
-        write.api_key.get_secret_value(),
-        precondition_of(if_match, if_none_match),
+        provider.name,
+        write,
+        precondition,
         audit.success_event(),
     )
     audit.recorded = True  # committed with the change
@@ -260,10 +300,16 @@ def written_response(result: WriteResult) -> Response:
 
 
 async def read_api_key_status(
-    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+    state: AppState,
+    _scope: Scope,
+    _receive: Receive,
+    sub: str,
+    name: str | None,
+    audit: RequestAudit,
 ) -> Response:
+    provider = known_provider(state, name)
     async with session_scope(state.sessions) as session:
-        key_status, etag = await service.get_status(session, sub)
+        key_status, etag = await service.get_status(session, sub, provider.name)
     audit.succeeded(key_version=key_status.version)
     await audit.settled()
     headers = {"ETag": etag} if etag is not None else None
@@ -271,19 +317,46 @@ async def read_api_key_status(
 
 
 async def delete_api_key(
-    state: AppState, _scope: Scope, _receive: Receive, sub: str, audit: RequestAudit
+    state: AppState,
+    _scope: Scope,
+    _receive: Receive,
+    sub: str,
+    name: str | None,
+    audit: RequestAudit,
 ) -> Response:
+    provider = known_provider(state, name)
     async with session_scope(state.sessions) as session:
-        version = await service.delete_api_key(session, sub)
+        version = await service.delete_api_key(session, sub, provider.name)
         await audit.succeeded_in(session, key_version=version)
     audit.recorded = True  # committed with the change
     return Response(status_code=204)
 
 
-# What serves each documented key operation, by method and route template.
+async def list_api_keys(
+    state: AppState,
+    _scope: Scope,
+    _receive: Receive,
+    sub: str,
+    _name: str | None,
+    audit: RequestAudit,
+) -> Response:
+    async with session_scope(state.sessions) as session:
+        keys = await service.list_keys(session, sub)
+    audit.succeeded(key_version=None)
+    await audit.settled()
+    return Response(keys.model_dump_json(), media_type="application/json")
+
+
+# What serves each documented key operation, by method and route template: the openai key's
+# routes and every provider's are the same endpoints.
 SERVED: Final[dict[str, tuple[Action, Access, Work]]] = {
-    "GET /users/{sub}/api-key": (Action.get, READ_ACCESS, read_api_key),
-    "PUT /users/{sub}/api-key": (Action.put, WRITE_ACCESS, put_api_key),
-    "DELETE /users/{sub}/api-key": (Action.delete, DELETE_ACCESS, delete_api_key),
-    "GET /users/{sub}/api-key/status": (Action.status, ANY_KEY_ACCESS, read_api_key_status),
+    f"GET {KEY_ROUTE}": (Action.get, READ_ACCESS, read_api_key),
+    f"PUT {KEY_ROUTE}": (Action.put, WRITE_ACCESS, put_api_key),
+    f"DELETE {KEY_ROUTE}": (Action.delete, DELETE_ACCESS, delete_api_key),
+    f"GET {STATUS_ROUTE}": (Action.status, ANY_KEY_ACCESS, read_api_key_status),
+    f"GET {PROVIDER_KEY_ROUTE}": (Action.get, READ_ACCESS, read_api_key),
+    f"PUT {PROVIDER_KEY_ROUTE}": (Action.put, WRITE_ACCESS, put_api_key),
+    f"DELETE {PROVIDER_KEY_ROUTE}": (Action.delete, DELETE_ACCESS, delete_api_key),
+    f"GET {PROVIDER_STATUS_ROUTE}": (Action.status, ANY_KEY_ACCESS, read_api_key_status),
+    f"GET {LIST_ROUTE}": (Action.list, ANY_KEY_ACCESS, list_api_keys),
 }

@@ -20,6 +20,8 @@ from keyvault.errors import ServiceUnavailable
 from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.observability.metrics import RecordCounts
+from keyvault.providers.registry import Providers
+from keyvault.providers.validation import KeyValidator
 from keyvault.ratelimit.limiter import RateLimiter
 
 
@@ -33,6 +35,8 @@ class AppState:
     keyring: Keyring
     audit: AuditTrail
     key_writes: KeyWrites
+    providers: Providers
+    key_validator: KeyValidator
     token_verifier: TokenVerifier
     rate_limiter: RateLimiter
     step_up: StepUpPolicy
