@@ -246,7 +246,7 @@ async def test_rotate_and_keys_status_work_on_the_keyring_during_the_move(
     (row,) = [
         line for line in status.stdout.splitlines() if line.startswith(hsm_only.current.key_id)
     ]
-    assert row.split()[1:] == ["v2", "1", "current"]
+    assert row.split()[1:] == ["v3", "1", "current"]
     assert await open_all(empty_database_url, hsm_only) == {"a": api_key_of("a")}
 
 
