@@ -22,9 +22,10 @@ install: $(BIN)/keyvault
 
 # Re-pin after editing dependencies in pyproject.toml; LOCK_ARGS=--upgrade moves every pin to the
 # newest release, LOCK_ARGS='--upgrade-package NAME' just one. Both locks, same Python as the image.
+# The runtime lock (the image's) has the pkcs11 extra, so the image can use an HSM seal.
 LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 lock: install
-	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra pkcs11 -o requirements.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra dev -o requirements-dev.lock pyproject.toml
 
 run: install

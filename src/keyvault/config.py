@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from limits import RateLimitItem, parse_many
 from pydantic import (
@@ -77,6 +76,13 @@ class Settings(BaseSettings):
     # The `typ` headers taken as access tokens from the key set (RFC 9068); see auth.py.
     jwks_token_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt",)
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
+    # What wraps the keyring's root keys (master_keys.seals): the master key, or a PKCS#11 token's
+    # key; the pkcs11 settings are checked when that seal is opened (master_keys.pkcs11_seal).
+    seal: Literal["env", "pkcs11"] = "env"
+    pkcs11_library: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_key_label: str = Field(default="keyvault-seal", min_length=1)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     # Step-up authentication (RFC 9470); see stepup.py. Lists are comma- or space-separated.
     stepup_actions: Annotated[tuple[str, ...], NoDecode] = ()
@@ -84,7 +90,9 @@ class Settings(BaseSettings):
     stepup_amr: Annotated[tuple[str, ...], NoDecode] = ()
     stepup_max_age: int | None = Field(default=None, ge=0)
 
-    @field_validator("stepup_actions", "stepup_acr", "stepup_amr", mode="before")
+    @field_validator(
+        "stepup_actions", "stepup_acr", "stepup_amr", "jwks_token_types", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -160,20 +168,12 @@ class Settings(BaseSettings):
     rate_limit_storage: SecretStr = SecretStr("memory://")
     rate_limit_key_prefix: str = Field(default="keyvault", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
 
-    # The providers whose keys are kept (keyvault.providers): the built-in ones' base URLs, a TOML
-    # file naming more, and how long a PUT ?validate=true waits for the provider's answer.
+    # The providers whose keys are kept: the built-in ones' base URLs, a TOML file naming more (both
+    # checked by keyvault.providers at start-up), and how long a PUT ?validate=true waits for one.
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_base_url: str = "https://api.anthropic.com"
     providers_file: Path | None = None
     provider_timeout: float = Field(default=5, gt=0, le=60)
-
-    @field_validator("openai_base_url", "anthropic_base_url")
-    @classmethod
-    def _usable_base_url(cls, value: str) -> str:
-        problem = base_url_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value.rstrip("/")
 
     @field_validator("jwks_algorithms", mode="before")
     @classmethod
@@ -201,13 +201,6 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"KEYVAULT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
-
-    @field_validator("jwks_token_types", mode="before")
-    @classmethod
-    def _split_token_types(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part for part in value.replace(",", " ").split() if part)
-        return value
 
     @field_validator("jwks_token_types")
     @classmethod
@@ -359,23 +352,6 @@ def parse_rate_limit(value: str) -> list[RateLimitItem]:
         raise ValueError(
             "a rate limit looks like 600/minute or 10/second;600/minute (empty disables it)"
         ) from None
-
-
-def base_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a provider's base URL, or None when it can: http(s), a host, and no
-    credentials, query or fragment (it is joined with paths, and may be logged)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError:
-        return "must be an http:// or https:// URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http:// or https:// URL with a host"
-    if "@" in parts.netloc:
-        return "must not hold credentials"
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        return "must not have a query or a fragment"
-    return None
 
 
 def media_type(value: str) -> str:

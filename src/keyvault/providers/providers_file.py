@@ -18,11 +18,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Final
 
-from keyvault.config import ConfigurationError, Settings, base_url_problem
+from keyvault.config import ConfigurationError, Settings
 from keyvault.providers.registry import (
     BEARER_HEADER,
     Provider,
     Providers,
+    base_url_problem,
     builtin_providers,
     provider_name_problem,
 )
@@ -38,7 +39,15 @@ _MANAGED_HEADERS: Final = frozenset(
 
 
 def load_providers(settings: Settings) -> Providers:
-    """The built-in providers and those of KEYVAULT_PROVIDERS_FILE (ConfigurationError if bad)."""
+    """The built-in providers and those of KEYVAULT_PROVIDERS_FILE; ConfigurationError (one line)
+    when a base URL setting or the file cannot be used."""
+    for setting, url in (
+        ("KEYVAULT_OPENAI_BASE_URL", settings.openai_base_url),
+        ("KEYVAULT_ANTHROPIC_BASE_URL", settings.anthropic_base_url),
+    ):
+        problem = base_url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(f"{setting} {problem}")
     builtin = builtin_providers(settings.openai_base_url, settings.anthropic_base_url)
     path = settings.providers_file
     added = read_providers_file(path, {p.name for p in builtin}) if path is not None else []

@@ -10,6 +10,7 @@ start-up).
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -38,6 +39,21 @@ def provider_name_problem(name: str) -> str | None:
         )
     if name in RESERVED_NAMES:
         return f"is reserved ({', '.join(sorted(RESERVED_NAMES))} are)"
+    return None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a provider's base URL, or None when it can: http(s), a host, and no
+    credentials, query or fragment (it is joined with paths, and may be logged)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if "@" in parts.netloc or "?" in url or "#" in url:
+        return "must hold no credentials, query or fragment"
     return None
 
 

@@ -81,7 +81,7 @@ from keyvault.web.state import AppState, HoldsState
 log = logging.getLogger("keyvault")
 
 NO_STORE: Final = {"Cache-Control": "no-store"}
-NOT_READY: Final = ServiceUnavailable("The master key has not been verified.")
+NOT_READY: Final = ServiceUnavailable("The keyring is not open yet.")
 
 # The operation's own work, given the state, the scope, its receive, the sub, the provider's name
 # as the path gave it (None for the list of all of a user's keys) and the audit entry.
