@@ -7,7 +7,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/keyvault
 WORKDIR /src
-# The lock alone first, so the dependency layer is rebuilt only when the lock changes.
+# The lock alone first, so the dependency layer is rebuilt only when the lock changes. It has the
+# pkcs11 extra (python-pkcs11), so the image can use an HSM seal with a mounted vendor module.
 COPY requirements.lock ./
 RUN /opt/keyvault/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./

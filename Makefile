@@ -9,20 +9,23 @@ PORT ?= 8000
 
 # Pinned, hash-checked versions first (reproducible, no resolver run); then the project itself.
 # `-e '.[dev]'` finds nothing left to install unless pyproject.toml gained a dependency the lock
-# lacks, and tests/test_lock_files.py then fails until `make lock` is run.
-$(BIN)/keyvault: pyproject.toml requirements-dev.lock
+# lacks, and tests/test_lock_files.py then fails until `make lock` is run. The Python client
+# (clients/python) goes in editable too: its one dependency, httpx, is the server's as well.
+$(BIN)/keyvault: pyproject.toml requirements-dev.lock clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e clients/python
 	touch $@
 
 install: $(BIN)/keyvault
 
 # Re-pin after editing dependencies in pyproject.toml; LOCK_ARGS=--upgrade moves every pin to the
 # newest release, LOCK_ARGS='--upgrade-package NAME' just one. Both locks, same Python as the image.
+# The runtime lock (the image's) has the pkcs11 extra, so the image can use an HSM seal.
 LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 lock: install
-	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra pkcs11 -o requirements.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra dev -o requirements-dev.lock pyproject.toml
 
 run: install

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -30,6 +30,9 @@ from keyvault.db.migrations import upgrade_to_head
 from keyvault.db.models import ApiKeyRecord
 from keyvault.master_keys.unlock import unlock
 from keyvault.web.app import create_app
+
+if TYPE_CHECKING:
+    from tests.softhsm import SoftHsm
 
 MASTER_KEY = "test-master-key-0123456789-abcdefghijklmnop"
 JWT_SECRET = "test-jwt-secret-0123456789-abcdefghijklmnop"
@@ -135,6 +138,20 @@ async def keyring(settings: Settings) -> AsyncIterator[Keyring]:
         )
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """A SoftHSM2 token of this test session's own, for the pkcs11 seal (tests/softhsm.py)."""
+    from tests.softhsm import start_softhsm
+
+    return start_softhsm(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture
+def hsm_key(softhsm: SoftHsm) -> str:
+    """The label of a new wrapping key in the token, this test's alone."""
+    return softhsm.new_key()
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ from keyvault.db.migrations import upgrade_to_head
 from keyvault.db.models import ApiKeyRecord
 from keyvault.keys import repository
 from keyvault.keys.service import last4_of
+from keyvault.master_keys import keyring_repository
 from keyvault.master_keys import repository as master_key_repository
+from keyvault.master_keys.keyring_repository import StoredRootKey
 from keyvault.master_keys.unlock import unlock
 
 OLD_KEY = "old-master-key-0123456789-abcdefghijklmnop"
@@ -100,6 +102,11 @@ async def key_id_of(database_url: str, master_key: str) -> str:
         deployment = await master_key_repository.get_deployment(session)
     assert deployment is not None
     return RootKey.derive(master_key, deployment.kdf_salt, deployment.kdf_iterations).key_id
+
+
+async def keyring_entries(database_url: str) -> list[StoredRootKey]:
+    async with open_sessions(database_url) as sessions, session_scope(sessions) as session:
+        return await keyring_repository.list_root_keys(session)
 
 
 async def database_contents(database_url: str) -> dict[str, list[tuple[object, ...]]]:

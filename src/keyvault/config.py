@@ -6,7 +6,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from limits import RateLimitItem, parse_many
 from pydantic import (
@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     # The `typ` headers taken as access tokens from the key set (RFC 9068); see auth.py.
     jwks_token_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt",)
     kdf_iterations: int = Field(default=MIN_KDF_ITERATIONS, ge=MIN_KDF_ITERATIONS)
+    # What wraps the keyring's root keys (master_keys.seals): the master key, or a PKCS#11 token's
+    # key; the pkcs11 settings are checked when that seal is opened (master_keys.pkcs11_seal).
+    seal: Literal["env", "pkcs11"] = "env"
+    pkcs11_library: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_key_label: str = Field(default="keyvault-seal", min_length=1)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     # Step-up authentication (RFC 9470); see stepup.py. Lists are comma- or space-separated.
     stepup_actions: Annotated[tuple[str, ...], NoDecode] = ()
@@ -83,7 +90,9 @@ class Settings(BaseSettings):
     stepup_amr: Annotated[tuple[str, ...], NoDecode] = ()
     stepup_max_age: int | None = Field(default=None, ge=0)
 
-    @field_validator("stepup_actions", "stepup_acr", "stepup_amr", mode="before")
+    @field_validator(
+        "stepup_actions", "stepup_acr", "stepup_amr", "jwks_token_types", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -195,13 +204,6 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"KEYVAULT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
-
-    @field_validator("jwks_token_types", mode="before")
-    @classmethod
-    def _split_token_types(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part for part in value.replace(",", " ").split() if part)
-        return value
 
     @field_validator("jwks_token_types")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from keyvault.db.migrations import upgrade_to_head
+from tests.cli.seal_support import keyvault, seal_environment
 from tests.cli.test_rotation_commands import _keyvault
 from tests.deployments import NEW_KEY, create_deployment, keyring_for, open_all
 from tests.seed_databases import (
@@ -16,6 +19,7 @@ from tests.seed_databases import (
     create_seed_database,
     drop_seed_database,
 )
+from tests.softhsm import SoftHsm, keyring_of
 
 USERS = [
     SeedUser("alice", "sk-canary-alice-0123456789"),
@@ -92,3 +96,26 @@ def test_import_seed_needs_exactly_one_master_key_source(
     )
     assert code == 1
     assert "exactly one of --master-key-env and --master-key-file" in stderr
+
+
+async def test_import_seed_under_the_hsm_seals_with_its_root_key(
+    softhsm: SoftHsm, hsm_key: str, empty_database_url: str, seed_url: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(upgrade_to_head, empty_database_url)
+    env = seal_environment(empty_database_url, softhsm, hsm_key) | {"SEED_KEY": SEED_MASTER_KEY}
+
+    result = keyvault(
+        env,
+        tmp_path,
+        "import-seed",
+        "--iterations",
+        str(FAST_ITERATIONS),
+        "--from",
+        seed_url,
+        "--master-key-env",
+        "SEED_KEY",
+    )
+
+    assert result.stdout.startswith("imported 1,"), result.stderr
+    keyring = await keyring_of(softhsm.settings(empty_database_url, hsm_key))
+    assert await open_all(empty_database_url, keyring) == {"alice": "sk-canary-alice-0123456789"}

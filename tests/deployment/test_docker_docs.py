@@ -11,6 +11,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from keyvault.cli.app import app as cli_app
@@ -165,3 +166,19 @@ def test_docker_page_quotes_what_migrate_really_prints(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == quoted.group(1)
+
+
+def test_docker_page_hsm_override_sets_real_settings_and_mounts_module_and_pin() -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", doc_section(DOCKER_DOC, "With an HSM"), re.S)
+    override = yaml.safe_load(block)
+    assert set(override["services"]) == {"migrate", "api"} <= set(compose()["services"])
+    for name in ("migrate", "api"):
+        hsm = override["services"][name]
+        environment = hsm["environment"]
+        assert set(environment) <= known_variables()
+        assert environment["KEYVAULT_SEAL"] == "pkcs11"
+        (secret,) = hsm["secrets"]
+        assert environment["KEYVAULT_PKCS11_PIN_FILE"] == f"/run/secrets/{secret}"
+        module = environment["KEYVAULT_PKCS11_LIBRARY"]
+        assert [volume.split(":")[1:] for volume in hsm["volumes"]] == [[module, "ro"]]
+    assert override["secrets"][secret]["file"].startswith("${SECRETS_DIR")

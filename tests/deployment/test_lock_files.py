@@ -53,8 +53,8 @@ def test_every_pin_carries_a_sha256_hash(lock: Path) -> None:
 
 @pytest.mark.parametrize(
     ("lock", "extra"),
-    [(RUNTIME_LOCK, None), (DEV_LOCK, None), (DEV_LOCK, "dev")],
-    ids=["runtime", "dev-runtime", "dev-extra"],
+    [(RUNTIME_LOCK, None), (RUNTIME_LOCK, "pkcs11"), (DEV_LOCK, None), (DEV_LOCK, "dev")],
+    ids=["runtime", "runtime-pkcs11", "dev-runtime", "dev-extra"],
 )
 def test_every_declared_dependency_is_pinned_within_its_range(
     lock: Path, extra: str | None

@@ -25,6 +25,7 @@ from tests.web.proxy_support import (
     PROXY_MAX_BODY,
     SERVICE_USE,
     USE,
+    WRITE,
     as_service,
     proxy_service,
     user_header,
@@ -374,3 +375,20 @@ async def test_step_up_can_be_asked_of_users_own_calls(
     assert weak.status_code == 401
     assert "insufficient_user_authentication" in weak.headers["www-authenticate"]
     assert (strong.status_code, service.status_code) == (200, 200)
+
+
+async def test_a_key_no_header_can_carry_is_422_unsent(
+    http: httpx.AsyncClient, fake: FakeProvider
+) -> None:
+    sub = new_sub()
+    path = f"/users/{quote(sub, safe='')}/api-keys/openai"
+    stored = await http.put(
+        path, json={"api_key": "sk-ünïcode-CANARY-0123456789"}, headers=bearer(mint(sub, WRITE))
+    )
+    assert stored.status_code == 201
+    answer = await _refused(
+        http, fake, "POST", "/proxy/openai/chat/completions", json=CHAT, headers=as_service(sub)
+    )
+    assert answer.status_code == 422
+    assert "cannot be sent in an HTTP header" in answer.json()["detail"]
+    assert "CANARY" not in answer.text

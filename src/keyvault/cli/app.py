@@ -9,6 +9,7 @@ import typer
 from keyvault.cli import seed, serve, setup, tokens
 from keyvault.cli.audit import audit_app
 from keyvault.cli.keys import keys_app, rotate
+from keyvault.cli.seal import seal_app
 
 app = typer.Typer(
     help="keyvault: users' third-party API keys, encrypted at rest, served over authenticated HTTP.",
@@ -26,3 +27,4 @@ app.command()(rotate)
 app.command("import-seed")(seed.import_seed)
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(seal_app, name="seal")

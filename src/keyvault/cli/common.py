@@ -18,7 +18,9 @@ from keyvault.crypto.records import Keyring
 from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.db.migrations import is_at_head
 from keyvault.legacy_import.importer import SeedImportError
-from keyvault.master_keys.unlock import MasterKeyMismatchError, unlock
+from keyvault.master_keys.keyring import open_keyring
+from keyvault.master_keys.seals import SealError
+from keyvault.master_keys.unlock import MasterKeyMismatchError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,6 +45,7 @@ def one_line_failures(command: Callable[P, R]) -> Callable[P, R]:
         except (
             ConfigurationError,
             MasterKeyMismatchError,
+            SealError,
             SchemaNotReadyError,
             SeedImportError,
         ) as error:
@@ -71,25 +74,20 @@ def fail(message: str) -> NoReturn:
 
 @asynccontextmanager
 async def unlocked(settings: Settings) -> AsyncIterator[tuple[Sessions, Keyring]]:
-    """Sessions and the full keyring (current and previous keys) over a migrated database."""
+    """Sessions and the full keyring (current and previous keys, opened by the configured seal)
+    over a migrated database."""
     engine = create_engine(settings.database_url.get_secret_value())
     try:
         if not await is_at_head(engine, settings.database_url.get_secret_value()):
             raise SchemaNotReadyError()
         sessions = create_sessionmaker(engine)
-        keyring = await unlock(
-            sessions,
-            settings.master_key(),
-            iterations_for_new=settings.kdf_iterations,
-            previous=settings.previous_master_keys(),
-        )
-        yield sessions, keyring
+        yield sessions, await open_keyring(sessions, settings)
     finally:
         await engine.dispose()
 
 
 async def check_unlocks(settings: Settings) -> None:
-    """The schema is current and the configured master keys open this deployment."""
+    """The schema is current and the configured seal (and master keys) open this deployment."""
     async with unlocked(settings):
         pass
 

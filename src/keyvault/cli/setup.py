@@ -16,6 +16,8 @@ from keyvault.cli.common import check_unlocks, one_line_failures
 from keyvault.config import Settings, load_settings
 from keyvault.db.engine import DEFAULT_DATABASE_URL, create_engine, create_sessionmaker
 from keyvault.db.migrations import upgrade_to_head
+from keyvault.master_keys.pkcs11_seal import open_hsm_seal
+from keyvault.master_keys.seals import SealKind, configured_master_keys
 from keyvault.master_keys.unlock import check_before_migration
 
 MASTER_KEY_BYTES = 32
@@ -49,22 +51,31 @@ def init(
 
 @one_line_failures
 def migrate() -> None:
-    """Create or upgrade the schema, then check (or, on a new database, record) the master key."""
+    """Create or upgrade the schema, then check (or, on a new database, record) the master key
+    (or, with KEYVAULT_SEAL=pkcs11, the HSM key)."""
     settings = load_settings()
-    master_key = settings.master_key()
-    asyncio.run(_check_existing_master_key(settings, master_key))
+    asyncio.run(_check_before_migration(settings))
     upgrade_to_head(settings.database_url.get_secret_value())
     asyncio.run(check_unlocks(settings))
-    typer.echo("database is at the latest schema; master key verified")
+    if settings.seal == SealKind.env:
+        typer.echo("database is at the latest schema; master key verified")
+    else:
+        typer.echo(f"database is at the latest schema; keyring opened by the {settings.seal} seal")
 
 
-async def _check_existing_master_key(settings: Settings, master_key: str) -> None:
-    """Before any migration runs: a database that already has a verifier must accept this key."""
+async def _check_before_migration(settings: Settings) -> None:
+    """Before any migration runs: the configured seal must be usable, and a database that already
+    has a verifier must accept the master key (under the env seal, or when one is configured)."""
+    if settings.seal == SealKind.env:
+        master_keys: tuple[str, ...] = (settings.master_key(), *settings.previous_master_keys())
+    else:
+        open_hsm_seal(settings).close()
+        master_keys = configured_master_keys(settings)
     engine = create_engine(settings.database_url.get_secret_value())
     try:
         if await _has_deployment(engine):
             await check_before_migration(
-                create_sessionmaker(engine), master_key, settings.previous_master_keys()
+                create_sessionmaker(engine), SealKind(settings.seal), master_keys
             )
     finally:
         await engine.dispose()

@@ -1,6 +1,7 @@
 """Record format v3: how an API key is sealed at rest.
 
     root key   = PBKDF2-HMAC-SHA256(master key, deployment salt, iterations)   once per process
+                 (or 32 random bytes kept wrapped in the keyring, see crypto.keyring)
     key id     = hex(HMAC-SHA256(root key, "keyvault/key-id")[:8])
     record key = HKDF-SHA256(root key, salt = 16 fresh bytes, info = "keyvault/record/v3")
     ciphertext = AES-256-GCM(record key, nonce = 12 fresh bytes, api key,
@@ -80,6 +81,11 @@ class RootKey:
         material = hashlib.pbkdf2_hmac(
             "sha256", master_key.encode("utf-8"), deployment_salt, iterations, ROOT_KEY_BYTES
         )
+        return cls.from_material(material)
+
+    @classmethod
+    def from_material(cls, material: bytes) -> RootKey:
+        """The root key holding these bytes (derived, or random from the keyring), by its key id."""
         key_id = hmac.digest(material, _KEY_ID_LABEL, "sha256")[:KEY_ID_BYTES].hex()
         return cls(key_id=key_id, material=material)
 

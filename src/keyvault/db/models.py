@@ -66,6 +66,26 @@ class MasterKeyVerifier(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+SEAL_KIND_LENGTH = 16
+
+
+class RootKeyEntry(Base):
+    """One root key of the keyring, stored only wrapped by its seal (see master_keys.keyring).
+
+    `wrapped` is NULL for a root key derived from a master key (the env seal's first entries):
+    its material is PBKDF2 of MASTER_ENCRYPTION_KEY, checked against its verifier. The one entry
+    with no `retired_at` is the active key, which seals new records; retired ones still open theirs.
+    """
+
+    __tablename__ = "root_keys"
+
+    key_id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH), primary_key=True)
+    seal: Mapped[str] = mapped_column(String(SEAL_KIND_LENGTH))
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class ApiKeyRecord(Base):
     """One user's key for one provider. The primary key (sub, provider) is the read path's index,
     and its leading column serves the listing of a user's keys."""

@@ -32,6 +32,21 @@ async def create_deployment(
     await session.flush()
 
 
+async def lock_deployment(
+    session: AsyncSession, salt: bytes, iterations: int, now: datetime
+) -> None:
+    """Create the deployment row if there is none, and hold it locked until the transaction ends:
+    processes adding a seal's first root key go one at a time, each seeing what the last one
+    committed (SQLite's single writer does the same for the insert)."""
+    insert = dialect_insert(session)
+    await session.execute(
+        insert(Deployment)
+        .values(id=1, kdf_salt=salt, kdf_iterations=iterations, created_at=now)
+        .on_conflict_do_nothing(index_elements=[Deployment.id])
+    )
+    await session.execute(select(Deployment.id).with_for_update())
+
+
 async def list_verifiers(session: AsyncSession) -> dict[str, bytes]:
     result = await session.execute(select(MasterKeyVerifier.key_id, MasterKeyVerifier.verifier))
     return {key_id: verifier for key_id, verifier in result.tuples()}

@@ -1,4 +1,5 @@
-"""Unlocking the deployment: derive the root key once and prove it is the one the data was sealed with."""
+"""Unlocking the deployment under the env seal: derive the root key once and prove it is the one
+the data was sealed with. The keyring's entries for derived keys follow the verifiers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.crypto.records import Keyring, RootKey, new_deployment_salt
 from keyvault.db.engine import session_scope
-from keyvault.master_keys import repository
+from keyvault.master_keys import keyring_repository, repository
+from keyvault.master_keys.seals import SealError, SealKind
 
 
 class MasterKeyMismatchError(Exception):
@@ -60,6 +62,34 @@ class ActiveKeyChangedError(MasterKeyMismatchError):
         )
 
 
+class SealedElsewhereError(SealError):
+    """The keyring's active root key is wrapped by another seal than the configured one."""
+
+    def __init__(self, seal: str) -> None:
+        if seal == SealKind.env:
+            advice = (
+                "its root keys come from MASTER_ENCRYPTION_KEY: set it as well (see docs/seals.md)"
+            )
+        else:
+            advice = (
+                f"set KEYVAULT_SEAL={seal} and its settings; MASTER_ENCRYPTION_KEY alone opens "
+                "nothing"
+            )
+        super().__init__(
+            f"this database's keyring is sealed by the {seal} seal; {advice}; nothing was written"
+        )
+
+
+async def refuse_other_seal(session: AsyncSession, configured: SealKind) -> bool:
+    """SealedElsewhereError if another seal holds the keyring; whether the schema has one."""
+    if not await keyring_repository.has_keyring(session):
+        return False
+    seal = await keyring_repository.active_seal(session)
+    if seal is not None and seal != configured:
+        raise SealedElsewhereError(seal)
+    return True
+
+
 async def unlock(
     sessions: async_sessionmaker[AsyncSession],
     master_key: str,
@@ -86,23 +116,41 @@ async def unlock(
 
 
 async def check_before_migration(
-    sessions: async_sessionmaker[AsyncSession], master_key: str, previous: tuple[str, ...] = ()
+    sessions: async_sessionmaker[AsyncSession], seal: SealKind, master_keys: tuple[str, ...]
 ) -> None:
-    """Refuse a master key this database does not know, before any migration runs; write nothing.
+    """Refuse what `unlock` (or opening the keyring under `seal`) would refuse, before any
+    migration runs; write nothing.
 
     It applies the same rules as `unlock` on a database of any age: before the schema knew
-    retirement, every verifier is an active key.
+    retirement, every verifier is an active key; before it knew the keyring, the env seal held it.
+    Under another seal, configured master keys need only match verifiers, and a database still
+    under the env seal needs them.
     """
     async with sessions() as session:
+        active_seal = await keyring_repository.active_seal(session) or SealKind.env
         deployment = await repository.get_deployment(session)
-        if deployment is None:
-            return
         verifiers = await repository.list_verifiers(session)
         active = await repository.active_key_ids(session)
-    root, *olds = await derive_all(
-        (master_key, *previous), deployment.kdf_salt, deployment.kdf_iterations
-    )
-    _replaced_by_rotation(root, olds, verifiers, active)
+    if deployment is None:
+        return
+    if seal == SealKind.env:
+        if active_seal != SealKind.env:
+            raise SealedElsewhereError(active_seal)
+        root, *olds = await derive_all(master_keys, deployment.kdf_salt, deployment.kdf_iterations)
+        _replaced_by_rotation(root, olds, verifiers, active)
+        return
+    if active_seal == SealKind.env and not master_keys:
+        raise SealedElsewhereError(SealKind.env)
+    if master_keys and verifiers:
+        roots = await derive_all(master_keys, deployment.kdf_salt, deployment.kdf_iterations)
+        refuse_unknown_master_keys(roots, verifiers)
+
+
+def refuse_unknown_master_keys(roots: tuple[RootKey, ...], verifiers: dict[str, bytes]) -> None:
+    """Outside the env seal master keys only open records: each must be one this database had."""
+    for position, root in enumerate(roots):
+        if not root.matches(verifiers.get(root.key_id, b"")):
+            raise UnknownPreviousKeyError(position) if position else MasterKeyMismatchError()
 
 
 async def derive_all(
@@ -123,6 +171,8 @@ async def _unlock_once(
     previous: tuple[str, ...],
 ) -> Keyring:
     async with session_scope(sessions) as session:
+        # A schema from before the keyring has only verifiers (tests set up such databases).
+        has_keyring = await refuse_other_seal(session, SealKind.env)
         now = datetime.now(UTC)
         deployment = await repository.get_deployment(session)
         if deployment is None:
@@ -134,13 +184,18 @@ async def _unlock_once(
         verifiers = await repository.list_verifiers(session)
         if not verifiers and not olds:
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
+            if has_keyring:
+                await keyring_repository.add_root_key(session, root.key_id, SealKind.env, None, now)
             return Keyring(root)
         active = await repository.active_key_ids(session)
         replaced = _replaced_by_rotation(root, olds, verifiers, active)
-        if replaced is not None and not await repository.replace_active_verifier(
-            session, replaced, root.key_id, root.verifier(), now
-        ):
-            raise ActiveKeyChangedError()
+        if replaced is not None:
+            if not await repository.replace_active_verifier(
+                session, replaced, root.key_id, root.verifier(), now
+            ):
+                raise ActiveKeyChangedError()
+            if has_keyring:
+                await keyring_repository.activate_env_root_key(session, root.key_id, now)
         return Keyring(root, tuple(olds))
 
 

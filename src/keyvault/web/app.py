@@ -24,7 +24,7 @@ from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
-from keyvault.master_keys.unlock import unlock
+from keyvault.master_keys.keyring import open_keyring
 from keyvault.providers.providers_file import load_providers
 from keyvault.providers.validation import KeyValidator
 from keyvault.proxy.forwarding import Upstreams
@@ -147,15 +147,15 @@ def create_app(
         upstreams = Upstreams(providers, settings.proxy_timeout)
         try:
             if unlocked is None:
-                unlocked = await unlock(
-                    sessions,
-                    settings.master_key(),
-                    iterations_for_new=settings.kdf_iterations,
-                    previous=settings.previous_master_keys(),
-                )
+                # The seal's only use: after this, no request calls it (nor the HSM).
+                unlocked = await open_keyring(sessions, settings)
                 log.info(
-                    "master key verified",
-                    extra={"event": "master_key_verified", "key_id": unlocked.current.key_id},
+                    "keyring opened",
+                    extra={
+                        "event": "master_key_verified",
+                        "key_id": unlocked.current.key_id,
+                        "seal": settings.seal,
+                    },
                 )
             app.keyvault = AppState(
                 sessions=sessions,

@@ -28,7 +28,7 @@ from keyvault.providers.registry import Provider
 from keyvault.web.problems import problem_answer
 from keyvault.web.state import AppState
 
-NOT_READY: Final = ServiceUnavailable("The master key has not been verified.")
+NOT_READY: Final = ServiceUnavailable("The keyring is not open yet.")
 
 
 async def authenticate(state: AppState, scope: Scope, token: str | None) -> Principal:

@@ -37,12 +37,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The database is reachable and the master key verified",
+    summary="The database is reachable and the keyring open",
     tags=["health"],
     responses=problems(503),
 )
 async def readyz(request: Request) -> dict[str, str]:
-    state = state_of(request.app)  # 503 until the master key is verified
+    state = state_of(request.app)  # 503 until the keyring is open
     async with session_scope(state.sessions) as session:
         await session.execute(text("SELECT 1"))
     return {"status": "ready"}

@@ -9,7 +9,7 @@ One lean ASGI endpoint, as the key operations are (web.key_endpoints), taking it
     → rate limit (429) → the user: `X-Keyvault-User` (the sub, percent-encoded) or the token's own
     (422) → `api-key:use` for that user (403) → a configured provider (404) → an allowed path (404)
     → a declared body within KEYVAULT_PROXY_MAX_BODY_BYTES (413) → the user's key, not expired
-    (404) → the call (502, 504; 413 for a body that grows too large) → the answer, streamed → its
+    (404), one a header can carry (422) → the call (502, 504; 413 for a body that grows too large) → the answer, streamed → its
     audit event
 
 Nothing goes upstream before every check has passed. A forwarded call's audit event names the
@@ -50,6 +50,7 @@ from keyvault.errors import (
 )
 from keyvault.keys import service
 from keyvault.observability import metrics
+from keyvault.providers.registry import Provider
 from keyvault.proxy.forwarding import Answer, ProviderUpstream
 from keyvault.web.endpoint_steps import NOT_READY, admit, answer_refusal, authenticate
 from keyvault.web.key_bodies import sub_reasons
@@ -59,6 +60,10 @@ from keyvault.web.state import AppState, HoldsState
 log = logging.getLogger("keyvault")
 
 PROXY_PREFIX: Final = "/proxy/"
+UNSENDABLE: Final = (
+    "The user's key for this provider holds characters that cannot be sent in an HTTP header"
+    " (only printable ASCII can); nothing was sent. Store a key the provider can take."
+)
 USER_HEADER: Final = b"x-keyvault-user"
 _USER_WHERE: Final = ("header", "X-Keyvault-User")
 
@@ -169,6 +174,8 @@ async def _serve(state: AppState, scope: Scope, receive: Receive, send: Send) ->
         api_key, version = await service.key_for_use(
             state.record_reader, state.keyring, sub, upstream.provider.name
         )
+        if not Provider.sendable(api_key.get_secret_value()):
+            raise InvalidRequest(UNSENDABLE)
     except Problem as problem:
         response = await answer_refusal(audit, problem)
         await response(scope, receive, send)

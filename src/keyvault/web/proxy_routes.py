@@ -88,7 +88,8 @@ _RESPONSES: Final = {
         " (`key-expired`). Nothing was sent to the provider.",
         _413="The request body is larger than KEYVAULT_PROXY_MAX_BODY_BYTES (declared, or once"
         " streamed that far; the provider call is then abandoned).",
-        _422="`X-Keyvault-User` is not a valid sub (the detail names the rule, never the value).",
+        _422="`X-Keyvault-User` is not a valid sub (the detail names the rule, never the value),"
+        " or the user's key holds characters no HTTP header can carry. Nothing was sent.",
         _502="The provider could not be reached, or broke off before its answer began.",
         _504="The provider did not connect or send its next bytes within KEYVAULT_PROXY_TIMEOUT.",
     ),

@@ -28,7 +28,7 @@ from keyvault.ratelimit.limiter import RateLimiter
 
 @dataclass(slots=True)
 class AppState:
-    """Everything a request may need beyond itself. It exists once the master key is verified."""
+    """Everything a request may need beyond itself. It exists once the keyring is open."""
 
     sessions: async_sessionmaker[AsyncSession]
     record_reader: RecordReader
@@ -56,7 +56,7 @@ class HoldsState(Protocol):
 def state_of(app: HoldsState) -> AppState:
     """The app's state; 503 while the app is not started (or no longer ready)."""
     if app.keyvault is None:
-        raise ServiceUnavailable("The master key has not been verified.")
+        raise ServiceUnavailable("The keyring is not open yet.")
     return app.keyvault
 
 

@@ -1,0 +1,151 @@
+"""Moving a deployment from the env seal into an HSM, and what `keyvault seal status` reports.
+
+`migrate_to` opens the keyring with both the master key and the HSM seal, which adds a random
+root key wrapped by the HSM as the active key if no instance has yet; rewraps every record onto
+it (master_keys.rotation: batch by batch, resumable, a compare-and-swap against concurrent PUTs);
+then removes the entries derived from the master key, once no record is sealed under them. From
+then on the master key alone opens nothing in this database. Run again, it carries on where it
+stopped, and rewraps records that an instance still on the env seal wrote in the meantime.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keyvault.crypto.records import Keyring
+from keyvault.db.engine import session_scope
+from keyvault.master_keys import keyring_repository, repository, rotation
+from keyvault.master_keys.keyring import open_sealed
+from keyvault.master_keys.seals import Seal, SealError, SealKind
+
+Sessions = async_sessionmaker[AsyncSession]
+
+# Rewrap passes before giving up on records that keep arriving under a derived key: one pass
+# does the work; a later one takes what instances not yet on the new seal wrote meanwhile.
+REWRAP_PASSES = 3
+
+
+class MasterKeyNeededError(SealError):
+    def __init__(self) -> None:
+        super().__init__(
+            "`keyvault seal migrate` needs MASTER_ENCRYPTION_KEY, the key the records are sealed "
+            "under now, besides the pkcs11 settings; nothing was written"
+        )
+
+
+@dataclass(slots=True)
+class MigrationReport:
+    current_key_id: str
+    rewrapped: int = 0
+    changed_meanwhile: int = 0
+    unconfigured: Counter[str] = field(default_factory=Counter)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (sub, provider)
+    removed: list[str] = field(default_factory=list)  # key ids of the derived entries removed
+    remaining: dict[str, int] = field(default_factory=dict)  # records not yet moved, by key id
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
+
+
+async def open_for_migration(
+    sessions: Sessions, seal: Seal, master_keys: tuple[str, ...], *, iterations_for_new: int
+) -> Keyring:
+    """The keyring with both the master keys and `seal`, its key active (added if need be)."""
+    if not master_keys:
+        raise MasterKeyNeededError()
+    return await open_sealed(sessions, seal, master_keys, iterations_for_new)
+
+
+async def migrate_to(
+    sessions: Sessions,
+    keyring: Keyring,
+    *,
+    batch_size: int = rotation.DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int], None] = lambda _records: None,
+) -> MigrationReport:
+    """Rewrap every record onto the keyring's current key, then remove the derived entries."""
+    report = MigrationReport(keyring.current.key_id)
+    for _ in range(REWRAP_PASSES):
+        rewrap = await rotation.rewrap(sessions, keyring, batch_size=batch_size, on_batch=on_batch)
+        report.rewrapped += rewrap.rewrapped
+        report.changed_meanwhile += rewrap.changed_meanwhile
+        report.unconfigured, report.corrupt = rewrap.unconfigured, rewrap.corrupt
+        report.remaining = rewrap.remaining
+        stuck = sum(rewrap.unconfigured.values()) + len(rewrap.corrupt)
+        if sum(rewrap.remaining.values()) <= stuck:
+            break
+    async with session_scope(sessions) as session:
+        derived = [
+            entry.key_id
+            for entry in await keyring_repository.list_root_keys(session)
+            if entry.seal == SealKind.env
+        ]
+        report.removed = await keyring_repository.remove_unused_root_keys(session, derived)
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringEntryStatus:
+    key_id: str
+    seal: str
+    created_at: datetime | None
+    retired_at: datetime | None
+    records: int
+    in_keyring: bool  # False: records name a key id that no keyring entry holds
+    opened: bool  # this process holds the key (unwrapped, or derived from a configured master key)
+
+    @property
+    def state(self) -> str:
+        if not self.in_keyring:
+            if self.opened:
+                return "previous master key (not in the keyring)"
+            return "NOT IN THE KEYRING: these records cannot be read"
+        if self.retired_at is None:
+            return "active"
+        if self.opened:
+            return "retired"
+        needs = " (needs MASTER_ENCRYPTION_KEY)" if self.seal == SealKind.env else ""
+        return f"retired, not opened{needs}"
+
+
+async def keyring_status(sessions: Sessions, keyring: Keyring) -> list[KeyringEntryStatus]:
+    """Each keyring entry with its record count, then the key ids records use but no entry holds."""
+    async with session_scope(sessions) as session:
+        entries = await keyring_repository.list_root_keys(session)
+        usage = await repository.count_records_by_key(session)
+    records: Counter[str] = Counter()
+    for entry in usage:
+        records[entry.key_id] += entry.records
+    listed = [
+        KeyringEntryStatus(
+            e.key_id,
+            e.seal,
+            e.created_at,
+            e.retired_at,
+            records[e.key_id],
+            in_keyring=True,
+            opened=keyring.root(e.key_id) is not None,
+        )
+        for e in entries
+    ]
+    known = {e.key_id for e in entries}
+    listed += [
+        KeyringEntryStatus(
+            key_id,
+            "-",
+            None,
+            None,
+            count,
+            in_keyring=False,
+            opened=keyring.root(key_id) is not None,
+        )
+        for key_id, count in sorted(records.items())
+        if key_id not in known
+    ]
+    return listed
