@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from keyvault_client import KeyVault, anthropic_client, openai_client
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, mint
 from tests.fake_provider import FakeProvider, fake_provider
@@ -121,6 +122,23 @@ def test_openai_chat_completion_through_the_proxy(
     assert completion.choices[0].message.content == TEXT
     assert completion._request_id == "req_fake_0001"
     assert fake.last("/v1/chat/completions").headers["authorization"] == f"Bearer {OPENAI_KEY}"
+
+
+def test_the_python_clients_sdk_clients_call_through_the_proxy(
+    server: RunningServer, fake: FakeProvider
+) -> None:
+    sub = _user(server)
+    token = mint(f"svc-{new_sub()}", SERVICE_USE)
+    with KeyVault(server.base_url, token=token) as vault:
+        with openai_client(sub, vault=vault, max_retries=0) as gpt:
+            reply = gpt.chat.completions.create(model="m", messages=MESSAGES)
+        with anthropic_client(sub, vault=vault, max_retries=0) as claude:
+            message = claude.messages.create(model="m", max_tokens=8, messages=MESSAGES)
+    assert reply.choices[0].message.content == TEXT
+    assert message.content[0].type == "text"
+    assert message.content[0].text == TEXT
+    assert fake.last("/v1/chat/completions").headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert fake.last("/v1/messages").headers["x-api-key"] == ANTHROPIC_KEY
 
 
 def test_a_users_own_token_through_the_openai_sdk(sdk: Sdks, server: RunningServer) -> None:

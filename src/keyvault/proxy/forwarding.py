@@ -140,9 +140,9 @@ class Answer:
         )
 
     @property
-    def whole(self) -> bool:
-        """Whether the body was read whole (one chunk, with its Content-Length)."""
-        return self._body is not None
+    def whole(self) -> bytes | None:
+        """The body, redacted, when it was read whole (its Content-Length is in the headers)."""
+        return self._body
 
     @property
     def received(self) -> int:

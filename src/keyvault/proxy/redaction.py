@@ -39,7 +39,12 @@ class Redactor:
             urllib.parse.quote(key, safe="").encode(),
         }
         self._needles = tuple(sorted(forms, key=len, reverse=True))  # the longest form first
-        self._pattern = re.compile(b"|".join(re.escape(needle) for needle in self._needles))
+        # One form (most keys are plain ASCII) is found with bytes.find; several, by one pattern.
+        self._pattern = (
+            re.compile(b"|".join(re.escape(needle) for needle in self._needles))
+            if len(self._needles) > 1
+            else None
+        )
         self._longest = len(self._needles[0])
         self._first_bytes = frozenset(needle[:1] for needle in self._needles)
         self._key_bytes = frozenset(b"".join(self._needles))  # the byte values any form holds
@@ -48,6 +53,11 @@ class Redactor:
 
     def text(self, value: bytes) -> bytes:
         """`value` (a header value, a whole body) with every occurrence replaced."""
+        if not any(needle in value for needle in self._needles):
+            return value
+        if self._pattern is None:
+            self.redactions += value.count(self._needles[0])
+            return value.replace(self._needles[0], REDACTED)
         redacted, count = self._pattern.subn(REDACTED, value)
         self.redactions += count
         return redacted
@@ -58,10 +68,10 @@ class Redactor:
         data = self._held + chunk if self._held else chunk
         parts: list[bytes] = []
         position = 0
-        for match in self._pattern.finditer(data):
-            parts.append(data[position : match.start()])
+        for start, end in self._occurrences(data):
+            parts.append(data[position:start])
             parts.append(REDACTED)
-            position = match.end()
+            position = end
             self.redactions += 1
         held_from = self._partial_start(data, position)
         self._held = data[held_from:]
@@ -74,6 +84,19 @@ class Redactor:
         """What was held back, at the end of the body: it never became the key."""
         held, self._held = self._held, b""
         return held
+
+    def _occurrences(self, data: bytes) -> list[tuple[int, int]]:
+        """Where the key's forms are in `data`, left to right, none overlapping."""
+        if not any(needle in data for needle in self._needles):
+            return []
+        if self._pattern is not None:
+            return [match.span() for match in self._pattern.finditer(data)]
+        needle, found = self._needles[0], []
+        at = data.find(needle)
+        while at != -1:
+            found.append((at, at + len(needle)))
+            at = data.find(needle, at + len(needle))
+        return found
 
     def _partial_start(self, data: bytes, start: int) -> int:
         """Where the longest tail of `data[start:]` that begins some form of the key starts

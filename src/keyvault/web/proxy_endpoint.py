@@ -226,7 +226,7 @@ async def _forward(
                 call_with[1],
             )
             call.upstream_status = answer.status
-            if answer.whole:
+            if answer.whole is not None:
                 # Read whole already: its event is committed before the answer goes on, as a key
                 # read's is (and the answer withheld, 503, when it cannot be).
                 seconds = _measure(call, caller, answer, started)
@@ -284,10 +284,9 @@ def _measure(call: UpstreamCall, caller: Caller, answer: Answer | None, started:
 async def _pass_on(answer: Answer, caller: Caller, send: Send) -> None:
     await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
     caller.started = True
-    if answer.whole:
-        body = b"".join([chunk async for chunk in answer.body()])
+    if answer.whole is not None:
         caller.finish()
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send({"type": "http.response.body", "body": answer.whole, "more_body": False})
         return
     async for chunk in answer.body():
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
