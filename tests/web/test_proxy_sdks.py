@@ -214,6 +214,29 @@ async def test_a_caller_going_away_cancels_the_providers_call(
     assert (event.outcome, event.upstream_status) == ("cancelled", 200)
 
 
+async def test_a_caller_giving_up_before_the_answer_is_a_499(
+    server: RunningServer, database_url: str
+) -> None:
+    sub = _user(server)
+    with (
+        openai.OpenAI(
+            base_url=f"{server.base_url}/proxy/openai",
+            api_key=mint(f"svc-{new_sub()}", SERVICE_USE),
+            default_headers={"X-Keyvault-User": quote(sub, safe="")},
+            max_retries=0,
+            timeout=0.5,  # long before the provider's answer, or keyvault's own timeout
+        ) as impatient,
+        pytest.raises(openai.APITimeoutError),
+    ):
+        impatient.chat.completions.create(model=HANG, messages=MESSAGES)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while (event := await _last_use(database_url, sub)) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (event.outcome, event.upstream_status) == ("cancelled", None)
+    _eventually(lambda: '"status": 499' in server.output())
+
+
 async def test_a_provider_breaking_off_mid_answer_cuts_the_callers_answer(
     sdk: Sdks, server: RunningServer, database_url: str
 ) -> None:

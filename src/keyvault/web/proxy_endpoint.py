@@ -266,7 +266,9 @@ async def _forward(
         except AuditUnavailable as unavailable:
             _unrecorded(provider, status)
             problem = unavailable
-    if not (caller.started or caller.gone):
+    if caller.gone and not caller.started:
+        scope["state"]["status"] = problem.status  # for the log line: 499, never answered
+    elif not caller.started:
         await problem_answer(problem)(scope, receive, send)
     # A provider that broke off after its answer began: the response stays incomplete and the
     # server closes the connection, so the caller sees a cut answer, never a complete-looking one.
