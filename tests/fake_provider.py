@@ -18,6 +18,7 @@ Anything else is 404.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -147,6 +148,10 @@ def fake_provider(validation_paths: frozenset[str] = VALIDATION_PATHS) -> Iterat
                 self._answer(404, {"error": "no such path"})
             elif request.get("stream"):
                 self._stream(made, model, extra)
+            elif model in (answers.GZIP, answers.BROTLI):
+                encoded = gzip.compress(json.dumps(made[0]).encode())
+                encoding = "gzip" if model == answers.GZIP else "br"
+                self._answer(200, made[0], {**extra, "Content-Encoding": encoding}, encoded)
             else:
                 self._answer(200, made[0], extra)
 
@@ -170,8 +175,14 @@ def fake_provider(validation_paths: frozenset[str] = VALIDATION_PATHS) -> Iterat
                 raise ValueError("cut short")
             return body
 
-        def _answer(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
-            payload = json.dumps(body).encode()
+        def _answer(
+            self,
+            status: int,
+            body: object,
+            headers: dict[str, str] | None = None,
+            payload: bytes | None = None,
+        ) -> None:
+            payload = payload if payload is not None else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

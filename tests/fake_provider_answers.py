@@ -9,6 +9,8 @@ The request's model picks a behaviour:
     BREAK    streamed: the first event, then the connection is cut mid-answer
     ENDLESS  streamed: an event every ENDLESS_EVERY seconds for ENDLESS_SECONDS, until the
              client goes away
+    GZIP     the answer gzip-compressed, whatever Accept-Encoding said (its text holds the key)
+    BROTLI   the answer marked `Content-Encoding: br` (bytes nobody here can read)
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ HANG: Final = "fake-hang"
 SLOW: Final = "fake-slow"
 BREAK: Final = "fake-break"
 ENDLESS: Final = "fake-endless"
+GZIP: Final = "fake-gzip"
+BROTLI: Final = "fake-br"
 HANG_SECONDS: Final = 3.0
 SLOW_SECONDS: Final = 1.0
 ENDLESS_EVERY: Final = 0.05
@@ -35,7 +39,7 @@ Made = tuple[dict[str, Any], list[str]]  # the JSON answer, and the same as even
 def answer(path: str, request: dict[str, Any], key: str, body: bytes) -> Made | None:
     """The answer to a POST of `request` to `path`, or None for a path it does not serve."""
     model = str(request.get("model", "fake-model"))
-    text = f"your key is {key}" if model == ECHO else TEXT
+    text = f"your key is {key}" if model in (ECHO, GZIP) else TEXT
     if path == "/v1/chat/completions":
         return _chat_completion(model, text)
     if path == "/v1/embeddings":

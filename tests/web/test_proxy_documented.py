@@ -84,9 +84,10 @@ async def _produced(http: httpx.AsyncClient, database_url: str) -> set[int]:
         victim=victim,
     )
     produced.add(await _call(http, victim))
+    # A refusal is answered once its event is stored: 503 when the trail cannot store it.
     await execute_sql(database_url, "ALTER TABLE audit_events RENAME TO audit_events_gone")
     try:
-        produced.add(await _call(http, sub))
+        produced.add(await _call(http, sub, path="/proxy/openai/files"))
     finally:
         await execute_sql(database_url, "ALTER TABLE audit_events_gone RENAME TO audit_events")
     return produced

@@ -5,16 +5,17 @@ headers, with the user's key the provider's way; the provider's answer with the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from keyvault.crypto.records import Keyring
-from tests.audit_support import new_sub, stored_events
+from tests.audit_support import execute_sql, new_sub, private_service, stored_events
 from tests.conftest import bearer, mint
 from tests.fake_provider import FakeProvider, fake_provider, unreachable_base_url
-from tests.fake_provider_answers import ECHO, HANG
+from tests.fake_provider_answers import BROTLI, ECHO, GZIP, HANG
 from tests.prometheus import label_values, sample
 from tests.web.proxy_support import (
     CHAT,
@@ -24,6 +25,7 @@ from tests.web.proxy_support import (
     WRITE,
     as_service,
     proxy_service,
+    proxy_settings,
     user_with_keys,
 )
 
@@ -154,6 +156,31 @@ async def test_a_key_in_the_answers_body_or_headers_is_redacted(
         assert "content-length" not in answer.headers  # streamed on, chunk by chunk
 
 
+async def test_a_compressed_answer_is_read_redacted_and_passed_on_plain(
+    http: httpx.AsyncClient,
+) -> None:
+    sub = await user_with_keys(http)
+    request = {**CHAT, "model": GZIP}
+    answer = await http.post(
+        "/proxy/openai/chat/completions", json=request, headers=as_service(sub)
+    )
+    assert answer.status_code == 200
+    assert "content-encoding" not in answer.headers
+    assert answer.json()["choices"][0]["message"]["content"] == f"your key is {REDACTED}"
+
+
+async def test_an_answer_in_an_encoding_keyvault_cannot_read_is_502(
+    http: httpx.AsyncClient,
+) -> None:
+    sub = await user_with_keys(http)
+    request = {**CHAT, "model": BROTLI}
+    answer = await http.post(
+        "/proxy/openai/chat/completions", json=request, headers=as_service(sub)
+    )
+    assert answer.status_code == 502
+    assert answer.json()["type"] == "https://keyvault.dev/problems/provider-unavailable"
+
+
 async def test_a_provider_that_cannot_be_reached_is_502(
     database_url: str, keyring: Keyring, fake: FakeProvider
 ) -> None:
@@ -265,3 +292,26 @@ async def test_calls_draw_on_the_callers_rate_limit(
             for _ in range(3)
         ]
     assert statuses == [200, 200, 429]
+
+
+async def test_a_call_whose_event_cannot_be_stored_is_counted(
+    backend: str, tmp_path: Path, fake: FakeProvider
+) -> None:
+    async with private_service(backend, tmp_path, **proxy_settings(fake)) as vault:
+        sub = await user_with_keys(vault.client)
+        before = (await vault.client.get("/metrics")).text
+        await execute_sql(vault.database_url, "ALTER TABLE audit_events RENAME TO gone")
+        try:
+            answer = await vault.client.post(
+                "/proxy/openai/chat/completions", json=CHAT, headers=as_service(sub)
+            )
+            refused = await vault.client.post(
+                "/proxy/openai/files", json=CHAT, headers=as_service(sub)
+            )
+        finally:
+            await execute_sql(vault.database_url, "ALTER TABLE gone RENAME TO audit_events")
+        after = (await vault.client.get("/metrics")).text
+    # The call was made and answered; a refusal is not answered before its event is stored.
+    assert (answer.status_code, refused.status_code) == (200, 503)
+    name = "keyvault_proxy_unaudited_total"
+    assert sample(after, name, provider="openai") == sample(before, name, provider="openai") + 1

@@ -106,6 +106,11 @@ PROXY_BYTES = Counter(
     " provider; response: received from it).",
     ["provider", "direction"],
 )
+PROXY_UNAUDITED = Counter(
+    "keyvault_proxy_unaudited",
+    "Proxied calls made whose audit event could not be stored afterwards, by provider.",
+    ["provider"],
+)
 DATABASE_UNAVAILABLE = Counter(
     "keyvault_database_unavailable",
     "Requests answered 503 because the database could not be reached or timed out.",

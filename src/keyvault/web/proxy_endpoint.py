@@ -12,13 +12,14 @@ One lean ASGI endpoint, as the key operations are (web.key_endpoints), taking it
     (404), one a header can carry (422) → the call (502, 504; 413 for a body that grows too large) → the answer, streamed → its
     audit event
 
-Nothing goes upstream before every check has passed. A forwarded call's audit event names the
-provider's status, the duration and the bytes each way, so it is recorded once they are known: for
-an answer read whole (keyvault.proxy.forwarding), before it is passed on, which is withheld (503)
-when the event cannot be stored; for a streamed answer, once the stream has ended (the key's record
-was read from the same database just before). A caller that goes away cancels the call; a provider
-that breaks off after its answer began leaves the caller's connection cut, never a
-complete-looking answer.
+Nothing goes upstream before every check has passed, and each refusal's audit event is stored
+before it is answered. A forwarded call's event names the provider's status, the duration and the
+bytes each way, so it is stored once the answer has been passed on: by then the call has been
+made, and holding its answer back for the commit would add one to every call's latency. The key's
+record was read from the same database just before; an event that cannot be stored is logged and
+counted (keyvault_proxy_unaudited_total). A caller that goes away cancels the call; a provider that
+breaks off after its answer began leaves the caller's connection cut, never a complete-looking
+answer.
 """
 
 from __future__ import annotations
@@ -211,7 +212,6 @@ async def _forward(
     answer: Answer | None = None
     problem: Problem | None = None
     started = time.perf_counter()
-    seconds = 0.0
     try:
         try:
             if not has_body:
@@ -226,12 +226,6 @@ async def _forward(
                 call_with[1],
             )
             call.upstream_status = answer.status
-            if answer.whole is not None:
-                # Read whole already: its event is committed before the answer goes on, as a key
-                # read's is (and the answer withheld, 503, when it cannot be).
-                seconds = _measure(call, caller, answer, started)
-                audit.succeeded(key_version=version)
-                await audit.settled()
             await _pass_on(answer, caller, send)
         finally:
             caller.finish()
@@ -244,28 +238,24 @@ async def _forward(
         problem = ClientClosedRequest()
     except Problem as refused:
         problem = ClientClosedRequest() if caller.gone else refused
-    if not audit.recorded:
-        seconds = _measure(call, caller, answer, started)
+    seconds = _measure(call, caller, answer, started)
     # What the caller got: the provider's status once its answer began (unless it went away).
     got = problem.status if problem is not None and (caller.gone or not caller.started) else None
     status = got if got is not None else call.upstream_status
     _count(provider, status, problem, call, seconds)
     if problem is None:
-        if not audit.recorded:  # a streamed answer: its event once it has ended
-            audit.succeeded(key_version=version)
-            try:
-                await audit.settled()
-            except AuditUnavailable:
-                _unrecorded(provider, status)
-        return
-    if isinstance(problem, AuditUnavailable):
-        _unrecorded(provider, status)
-    elif not audit.recorded:
+        audit.succeeded(key_version=version)
         try:
-            await audit.failed(problem, key_version=version)
-        except AuditUnavailable as unavailable:
+            await audit.settled()
+        except AuditUnavailable:
             _unrecorded(provider, status)
-            problem = unavailable
+        return
+    try:
+        await audit.failed(problem, key_version=version)
+    except AuditUnavailable as unavailable:
+        if caller.started or caller.gone:
+            _unrecorded(provider, status)
+        problem = unavailable
     if caller.gone and not caller.started:
         scope["state"]["status"] = problem.status  # for the log line: 499, never answered
     elif not caller.started:
@@ -313,6 +303,7 @@ def _count(
 
 
 def _unrecorded(provider: str, status: int | None) -> None:
+    metrics.PROXY_UNAUDITED.labels(provider).inc()
     log.error(
         "the audit event of a proxied call to %s (status %s) could not be stored",
         provider,
