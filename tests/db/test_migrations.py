@@ -94,6 +94,9 @@ async def test_downgrade_refuses_to_drop_wrapped_root_keys(empty_database_url: s
             session, [(await keyring_entries(empty_database_url))[0].key_id], now
         )
         await keyring_repository.add_root_key(session, "00" * 8, "pkcs11", bytes(61), now)
+    # Down to the keyring's own revision first: SQLite commits each later revision's downgrade
+    # (its DDL) before this one refuses.
+    await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0006")
     before = await database_contents(empty_database_url)
 
     with pytest.raises(RuntimeError, match="the keyring holds wrapped root keys"):
