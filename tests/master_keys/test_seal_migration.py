@@ -69,7 +69,11 @@ async def _migrate(
         finally:
             seal.close()
         return await seal_migration.migrate_to(
-            sessions, keyring, batch_size=batch_size, on_batch=on_batch
+            sessions,
+            keyring,
+            lambda: open_hsm_seal(settings),
+            batch_size=batch_size,
+            on_batch=on_batch,
         )
 
 

@@ -69,11 +69,9 @@ def keys_status() -> None:
             return await rotation.keys_report(sessions, keyring)
 
     report = asyncio.run(run())
-    roles = {report.current_key_id: "current"}
-    roles.update({k: f"previous #{n}" for n, k in enumerate(report.previous_key_ids, start=1)})
     typer.echo(f"{'key id':<18}{'format':<8}{'records':>10}  configured as")
     for entry in report.usage:
-        role = roles.get(entry.key_id, "NOT CONFIGURED: these records cannot be read")
+        role = report.role(entry.key_id)
         typer.echo(f"{entry.key_id:<18}v{entry.format_version:<7}{entry.records:>10}  {role}")
     if not report.usage:
         typer.echo("(no records)")

@@ -101,7 +101,11 @@ async def _migrate(settings: Settings, batch_size: int) -> seal_migration.Migrat
         total = await rotation.count_to_rewrap(sessions, keyring)
         with progress("rewrapping", total) as advance:
             return await seal_migration.migrate_to(
-                sessions, keyring, batch_size=batch_size, on_batch=advance
+                sessions,
+                keyring,
+                lambda: open_hsm_seal(settings),
+                batch_size=batch_size,
+                on_batch=advance,
             )
     finally:
         await engine.dispose()

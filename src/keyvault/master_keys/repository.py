@@ -281,3 +281,11 @@ async def stored_key_ids(session: AsyncSession) -> set[str]:
     """The key ids records are sealed under; a walk of the key-id index, cheap at start-up."""
     result = await session.execute(select(ApiKeyRecord.key_id).distinct())
     return set(result.scalars())
+
+
+async def any_record_under(session: AsyncSession, key_ids: Sequence[str]) -> bool:
+    """Whether some record is sealed under one of `key_ids`: a probe of the key-id index."""
+    if not key_ids:
+        return False
+    statement = select(ApiKeyRecord.key_id).where(ApiKeyRecord.key_id.in_(key_ids)).limit(1)
+    return (await session.execute(statement)).first() is not None

@@ -3,8 +3,10 @@
 `migrate_to` opens the keyring with both the master key and the HSM seal, which adds a random
 root key wrapped by the HSM as the active key if no instance has yet; rewraps every record onto
 it (master_keys.rotation: batch by batch, resumable, a compare-and-swap against concurrent PUTs);
-then removes the entries derived from the master key, once no record is sealed under them. From
-then on the master key alone opens nothing in this database. Run again, it carries on where it
+then removes the entries derived from the master key, once no record is sealed under them,
+keeping their audit keys wrapped by the HSM (master_keys.root_rotation), so the audit events they
+linked stay verifiable without the master key. From then on the master key alone opens nothing
+in this database. Run again, it carries on where it
 stopped, and rewraps records that an instance still on the env seal wrote in the meantime.
 """
 
@@ -13,13 +15,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
-from keyvault.master_keys import keyring_repository, repository, rotation
+from keyvault.master_keys import keyring_repository, repository, root_rotation, rotation
 from keyvault.master_keys.keyring import open_sealed
 from keyvault.master_keys.seals import Seal, SealError, SealKind
 
@@ -65,11 +67,13 @@ async def open_for_migration(
 async def migrate_to(
     sessions: Sessions,
     keyring: Keyring,
+    open_seal: Callable[[], Seal],
     *,
     batch_size: int = rotation.DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] = lambda _records: None,
 ) -> MigrationReport:
-    """Rewrap every record onto the keyring's current key, then remove the derived entries."""
+    """Rewrap every record onto the keyring's current key, then remove the derived entries;
+    `open_seal` opens the HSM seal for that last step (the rewrap does not need it)."""
     report = MigrationReport(keyring.current.key_id)
     for _ in range(REWRAP_PASSES):
         rewrap = await rotation.rewrap(sessions, keyring, batch_size=batch_size, on_batch=on_batch)
@@ -81,13 +85,27 @@ async def migrate_to(
         if sum(rewrap.remaining.values()) <= stuck:
             break
     async with session_scope(sessions) as session:
-        derived = [
+        derived = {
             entry.key_id
             for entry in await keyring_repository.list_root_keys(session)
-            if entry.seal == SealKind.env
-        ]
-        report.removed = await keyring_repository.remove_unused_root_keys(session, derived)
+            if entry.seal == SealKind.env and entry.retired_at is not None
+        }
+    if not derived:
+        return report
+    seal = open_seal()
+    try:
+        removed = await root_rotation.remove_emptied(
+            sessions, seal, _only(keyring, derived), retired_before=datetime.now(UTC)
+        )
+    finally:
+        seal.close()
+    report.removed = sorted(removed)
     return report
+
+
+def _only(keyring: Keyring, key_ids: set[str]) -> Keyring:
+    """The keyring reduced to the current key and `key_ids`: what the removal may touch."""
+    return Keyring(keyring.current, tuple(k for k in keyring.previous if k.key_id in key_ids))
 
 
 @dataclass(frozen=True, slots=True)
