@@ -30,7 +30,6 @@ WRAP_FORMAT_VERSION: Final = 1
 GCM_TAG_BYTES: Final = 16
 
 
-
 class KeyPurpose(StrEnum):
     """What a keyring entry holds: a root key, or only the audit key of a removed root key."""
 

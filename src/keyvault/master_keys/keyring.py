@@ -144,6 +144,9 @@ async def _open_sealed_once(
         opened = await _derived_keys(session, master_keys)
         master_key_ids = tuple(opened)
         unwrapped = unwrap_entries(seal, entries)
+        if master_key_ids:
+            # Root keys the env seal wrapped (rotations before the move) open with the master key.
+            unwrapped.update(unwrap_entries(EnvSeal(opened[master_key_ids[0]]), entries))
         opened.update(unwrapped)
         if _holds_active_key(seal, entries):
             return _assemble(entries, opened, master_key_ids, frozenset(unwrapped))

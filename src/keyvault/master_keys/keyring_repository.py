@@ -237,9 +237,7 @@ async def replace_kit(
     await session.flush()
     for key_id, copy in copies.items():
         await session.execute(
-            update(RootKeyEntry)
-            .where(RootKeyEntry.key_id == key_id)
-            .values(recovery_wrapped=copy),
+            update(RootKeyEntry).where(RootKeyEntry.key_id == key_id).values(recovery_wrapped=copy),
             execution_options=_NO_SYNC,
         )
 

@@ -289,3 +289,25 @@ async def any_record_under(session: AsyncSession, key_ids: Sequence[str]) -> boo
         return False
     statement = select(ApiKeyRecord.key_id).where(ApiKeyRecord.key_id.in_(key_ids)).limit(1)
     return (await session.execute(statement)).first() is not None
+
+
+async def make_only_active_verifier(
+    session: AsyncSession, key_id: str, verifier: bytes, now: datetime
+) -> None:
+    """Record `key_id` as the one active master key (new or revived), every other retired: what a
+    recovery does, when the master key it replaces is lost."""
+    insert = dialect_insert(session)
+    await session.execute(
+        insert(MasterKeyVerifier)
+        .values(key_id=key_id, verifier=verifier, created_at=now, retired_at=None)
+        .on_conflict_do_update(
+            index_elements=[MasterKeyVerifier.key_id],
+            set_={"retired_at": None},
+        )
+    )
+    await session.execute(
+        update(MasterKeyVerifier)
+        .where(MasterKeyVerifier.key_id != key_id, MasterKeyVerifier.retired_at.is_(None))
+        .values(retired_at=now),
+        execution_options=_NO_SYNC,
+    )

@@ -110,7 +110,9 @@ def rotation_due(entries: list[StoredRootKey], every_days: int, now: datetime) -
     return bool(active) and max(e.created_at for e in active) + timedelta(days=every_days) <= now
 
 
-def removable(entries: list[StoredRootKey], keyring: Keyring, retired_before: datetime) -> list[str]:
+def removable(
+    entries: list[StoredRootKey], keyring: Keyring, retired_before: datetime
+) -> list[str]:
     """The retired root keys retired long enough ago whose key this process holds (so that their
     audit keys can be kept); whether records remain under them is checked as they are removed."""
     return [

@@ -215,9 +215,7 @@ def summary(report: RewrapReport, keyring: Keyring, *, dry_run: bool) -> str:
         done += f"; {problems} could not be opened (see above)"
     previous = previous_master_key_ids(keyring)
     positions = {
-        key_id: n
-        for n, key_id in enumerate(previous, start=1)
-        if key_id not in keyring.sealed_ids
+        key_id: n for n, key_id in enumerate(previous, start=1) if key_id not in keyring.sealed_ids
     }
     still_needed = {k: n for k, n in report.remaining.items() if k in positions}
     if still_needed:
