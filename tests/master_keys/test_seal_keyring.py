@@ -14,8 +14,7 @@ from keyvault.crypto.records import UnknownKeyIdError
 from keyvault.db.engine import session_scope
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.master_keys import keyring_repository, repository
-from keyvault.master_keys.seals import KeyringUnwrapError
-from keyvault.master_keys.seals import EnvSeal, SealKind
+from keyvault.master_keys.seals import EnvSeal, KeyringUnwrapError, SealKind
 from keyvault.master_keys.unlock import MasterKeyMismatchError, SealedElsewhereError
 from tests.conftest import make_settings
 from tests.deployments import (

@@ -82,10 +82,10 @@ class KeysReport:
         """What this process holds for `key_id`, as `keyvault keys status` names it."""
         if key_id == self.current_key_id:
             return "current"
-        if key_id in self.previous_key_ids:
-            return f"previous #{self.previous_key_ids.index(key_id) + 1}"
         if key_id in self.keyring_ids:
             return "retired root key (in the keyring)"
+        if key_id in self.previous_key_ids:
+            return f"previous #{self.previous_key_ids.index(key_id) + 1}"
         if key_id == self.current_master_key_id:
             return "current master key (retired root key)"
         return "NOT CONFIGURED: these records cannot be read"
@@ -184,7 +184,11 @@ async def keys_report(sessions: async_sessionmaker[AsyncSession], keyring: Keyri
         usage = await repository.count_records_by_key(session)
     master = keyring.master_key_ids[0] if keyring.master_key_ids else None
     previous = previous_master_key_ids(keyring)
-    held = frozenset(k.key_id for k in keyring.previous if k.key_id not in (*previous, master))
+    held = frozenset(
+        k.key_id
+        for k in keyring.previous
+        if k.key_id in keyring.sealed_ids or k.key_id not in (*previous, master)
+    )
     return KeysReport(usage, keyring.current.key_id, previous, held, master)
 
 
