@@ -37,7 +37,7 @@ async def acquire(
         connection = await session.connection()
         taken = await connection.execute(
             update(Lease)
-            .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < now))
+            .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at <= now))
             .values(holder=holder, expires_at=now + ttl)
         )
         return bool(taken.rowcount == 1)

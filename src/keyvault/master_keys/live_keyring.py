@@ -51,11 +51,14 @@ class LiveKeyring:
         keyring: Keyring,
         sessions: async_sessionmaker[AsyncSession] | None = None,
         open_seal: SealOpener | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keyring = keyring
         self._sessions = sessions
         self._open_seal = open_seal
-        self._confirmed_at = datetime.now(UTC)
+        self._clock = clock
+        self._confirmed_at = clock()
         self._lock = asyncio.Lock()
         self._last_forced = 0.0
         self._reported: set[str] = set()
@@ -71,7 +74,7 @@ class LiveKeyring:
     @property
     def fresh(self) -> bool:
         """Whether this instance saw its current key active in the database recently enough."""
-        return self._sessions is None or datetime.now(UTC) - self._confirmed_at <= WRITE_GRACE
+        return self._sessions is None or self._clock() - self._confirmed_at <= WRITE_GRACE
 
     def for_writing(self) -> Keyring:
         """The keyring a write seals with; KeyringOutdated (503) when it is not fresh."""
@@ -82,7 +85,7 @@ class LiveKeyring:
     def adopt(self, keyring: Keyring) -> None:
         """This process changed the keyring itself (a rotation, a removal)."""
         self._keyring = keyring
-        self._confirmed_at = datetime.now(UTC)
+        self._confirmed_at = self._clock()
 
     async def for_key_id(self, key_id: str) -> Keyring:
         """The keyring, reloaded first if it lacks `key_id` (at most once a second)."""
@@ -118,7 +121,7 @@ class LiveKeyring:
         active = next((entry.key_id for entry in entries if entry.active), None)
         if active is not None and active in kept:
             current = kept[active]
-            self._confirmed_at = datetime.now(UTC)
+            self._confirmed_at = self._clock()
         else:
             current = known.current
             self._report(
