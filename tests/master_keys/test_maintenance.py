@@ -56,9 +56,9 @@ async def _age_the_active_key(database_url: str, days: int) -> None:
 
 
 @asynccontextmanager
-async def _serving(database_url: str, master_key: str = OLD_KEY) -> AsyncIterator[
-    tuple[KeyvaultApp, httpx.AsyncClient]
-]:
+async def _serving(
+    database_url: str, master_key: str = OLD_KEY
+) -> AsyncIterator[tuple[KeyvaultApp, httpx.AsyncClient]]:
     """An instance of the service whose upkeep rounds the test runs itself."""
     app = create_app(env_settings(database_url, master_key), maintain_keyring=False)
     async with app.router.lifespan_context(app):
@@ -98,9 +98,10 @@ async def test_two_instances_taking_the_lease_at_once_get_it_once(
 ) -> None:
     await env_deployment(empty_database_url, OLD_KEY, [])
     ttl, now = timedelta(seconds=10), datetime.now(UTC)
-    async with open_sessions(empty_database_url) as first, open_sessions(
-        empty_database_url
-    ) as second:
+    async with (
+        open_sessions(empty_database_url) as first,
+        open_sessions(empty_database_url) as second,
+    ):
         taken = await asyncio.gather(
             lease.acquire(first, "keyring", "a", ttl, now),
             lease.acquire(second, "keyring", "b", ttl, now),
@@ -159,9 +160,12 @@ async def test_another_instance_follows_a_rotation_without_a_restart(
 ) -> None:
     await env_deployment(empty_database_url, OLD_KEY, SUBS[:5])
     await _age_the_active_key(empty_database_url, 100)
-    async with _serving(empty_database_url) as (rotator, first), _serving(empty_database_url) as (
-        follower,
-        second,
+    async with (
+        _serving(empty_database_url) as (rotator, first),
+        _serving(empty_database_url) as (
+            follower,
+            second,
+        ),
     ):
         await _maintenance(rotator).run_once()
         new_key_id = state_of(rotator).keyring.current.current.key_id
@@ -234,9 +238,12 @@ async def test_a_rotation_under_load_fails_no_request_and_loses_no_write(
     await _age_the_active_key(empty_database_url, 365)
     last_written = {sub: api_key_of(sub) for sub in subs}
     statuses: list[int] = []
-    async with _serving(empty_database_url) as (rotator, first), _serving(empty_database_url) as (
-        _,
-        second,
+    async with (
+        _serving(empty_database_url) as (rotator, first),
+        _serving(empty_database_url) as (
+            _,
+            second,
+        ),
     ):
         maintenance = _maintenance(rotator, rate=1_000)
         done = asyncio.Event()

@@ -231,9 +231,7 @@ async def _make_kit_in_another_deployment(database_url: str) -> ShareSet:
     return ShareSet(tuple(mnemonics))
 
 
-@pytest.mark.parametrize(
-    ("shares", "threshold"), [(3, 1), (2, 3), (17, 2), (0, 0)], ids=str
-)
+@pytest.mark.parametrize(("shares", "threshold"), [(3, 1), (2, 3), (17, 2), (0, 0)], ids=str)
 def test_impossible_splits_are_refused(shares: int, threshold: int) -> None:
     with pytest.raises(RecoveryError):
         recovery.check_split(shares, threshold)
