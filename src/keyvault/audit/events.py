@@ -273,8 +273,8 @@ class ChainVerifier:
             return _broken(
                 checked,
                 stored.seq,
-                f"event {stored.seq} was linked under master key id {stored.key_id}, "
-                "which is not configured; it cannot be checked",
+                f"event {stored.seq} was linked under root key id {stored.key_id}, which this "
+                "configuration does not hold; it cannot be checked",
             )
         expected = chain_link(event_key, self._previous, stored.seq, stored.key_id, stored.event)
         if not hmac.compare_digest(expected, stored.link):
