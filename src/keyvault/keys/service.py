@@ -90,7 +90,7 @@ async def get_api_key(
     if state.expires_at is not None and state.expired_at(datetime.now(UTC)):
         raise KeyExpired()
     try:
-        if reload is not None and record.sealed.key_id not in keyring.key_ids:
+        if reload is not None and keyring.root(record.sealed.key_id) is None:
             keyring = await reload(record.sealed.key_id)
         api_key = keyring.open(sub, provider, record.sealed)
     except UnknownKeyIdError as error:

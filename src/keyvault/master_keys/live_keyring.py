@@ -89,7 +89,7 @@ class LiveKeyring:
 
     async def for_key_id(self, key_id: str) -> Keyring:
         """The keyring, reloaded first if it lacks `key_id` (at most once a second)."""
-        if self._sessions is None or key_id in self._keyring.key_ids:
+        if self._sessions is None or self._keyring.root(key_id) is not None:
             return self._keyring
         if self._lock.locked() or time.monotonic() - self._last_forced >= (
             UNKNOWN_KEY_RELOAD_SECONDS

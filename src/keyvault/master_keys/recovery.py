@@ -109,6 +109,7 @@ async def make_kit(
     recovery_key = RecoveryKey.from_secret(secret)
     (mnemonics,) = shamir_mnemonic.generate_mnemonics(1, [(threshold, shares)], secret)
     async with session_scope(sessions) as session:
+        await repository.lock_keyring(session)
         copies = {}
         for entry in await keyring_repository.list_entries(session):
             material = _material_in_hand(entry, seal, keyring)

@@ -311,3 +311,14 @@ async def make_only_active_verifier(
         .values(retired_at=now),
         execution_options=_NO_SYNC,
     )
+
+
+async def lock_keyring(session: AsyncSession) -> None:
+    """Hold the deployment row until the transaction ends: every change to the keyring (a
+    rotation, a rewrap under a new wrapping key, a removal, a kit, a recovery) takes it first, so
+    none of them works from entries another is changing. An UPDATE rather than FOR UPDATE: on
+    SQLite it is the statement that opens the transaction and takes the single writer's lock."""
+    await session.execute(
+        update(Deployment).where(Deployment.id == 1).values(id=Deployment.id),
+        execution_options=_NO_SYNC,
+    )

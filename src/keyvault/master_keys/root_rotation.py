@@ -59,6 +59,7 @@ async def rotate_root(
     """Add a new random root key wrapped by `seal` and make it the active key, audited; the
     keyring with it current and every key before it retired."""
     async with session_scope(sessions) as session:
+        await repository.lock_keyring(session)
         now = datetime.now(UTC)
         entries = await keyring_repository.list_root_keys(session)
         active = [entry.key_id for entry in entries if entry.active]
@@ -132,6 +133,8 @@ async def remove_emptied(
     keeping each one's audit key wrapped by `seal`; the ids removed."""
     removed = []
     async with session_scope(sessions) as session:
+        await repository.lock_keyring(session)
+        await check_seal_is_current(session, seal, await keyring_repository.list_root_keys(session))
         entries = await keyring_repository.list_root_keys(session)
         for key_id in removable(entries, keyring, retired_before):
             root = keyring.root(key_id)

@@ -217,6 +217,7 @@ async def _rekey(
     session: AsyncSession, replaced: RootKey, root: RootKey, olds: list[RootKey], now: datetime
 ) -> None:
     """The keyring's side of a master-key rotation from `replaced` to `root` (see the module)."""
+    await repository.lock_keyring(session)
     entries = await keyring_repository.list_root_keys(session)
     active = next((entry for entry in entries if entry.active), None)
     random_active = active is not None and not active.derived
