@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -287,3 +288,36 @@ async def test_a_rotation_under_load_fails_no_request_and_loses_no_write(
     current = await opened(env_settings(empty_database_url, OLD_KEY))
     assert await records_by_key_id(empty_database_url) == {current.current.key_id: len(subs)}
     assert await open_all(empty_database_url, current) == last_written
+
+
+async def test_while_it_rewraps_an_instance_follows_another_rotation_and_rewraps_onto_it(
+    empty_database_url: str,
+) -> None:
+    subs = [f"slow-{n:03d}" for n in range(300)]
+    await env_deployment(empty_database_url, OLD_KEY, subs)
+    first = await rotate_root(env_settings(empty_database_url, OLD_KEY))
+    async with _serving(empty_database_url) as (app, _):
+        maintenance = _maintenance(app, rate=50)
+        upkeep = asyncio.create_task(maintenance.run())
+        try:
+            await _until(
+                lambda counts: counts[first.current.key_id] > 0, empty_database_url, "a rewrap"
+            )
+            second = await rotate_root(env_settings(empty_database_url, OLD_KEY))
+            await _until(
+                lambda counts: counts[second.current.key_id] > 0,
+                empty_database_url,
+                "the rewrap onto the newer key",
+            )
+            assert state_of(app).keyring.current.current == second.current
+            assert state_of(app).keyring.fresh
+        finally:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
+
+
+async def _until(condition: Callable[[Counter[str]], bool], database_url: str, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition(await records_by_key_id(database_url)):
+        assert time.monotonic() < deadline, f"no {what} in time"
+        await asyncio.sleep(0.1)

@@ -82,10 +82,12 @@ class LiveKeyring:
             raise KeyringOutdated()
         return self._keyring
 
-    def adopt(self, keyring: Keyring) -> None:
-        """This process changed the keyring itself (a rotation, a removal)."""
-        self._keyring = keyring
-        self._confirmed_at = self._clock()
+    async def adopt(self, keyring: Keyring) -> None:
+        """This process changed the keyring itself (a rotation, a removal), and committed it. After
+        any reload in flight, which may have read the entries from before the change."""
+        async with self._lock:
+            self._keyring = keyring
+            self._confirmed_at = self._clock()
 
     async def for_key_id(self, key_id: str) -> Keyring:
         """The keyring, reloaded first if it lacks `key_id` (at most once a second)."""

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +38,10 @@ STUCK_RETRY_SECONDS = 300.0
 
 class LeaseLostError(Exception):
     """Another instance holds the lease now (this one stalled past its end): stop at once."""
+
+
+class KeyringChangedError(Exception):
+    """The active root key changed during a rewrap onto the one before it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +75,31 @@ class KeyringMaintenance:
         self._rewrap_after = 0.0
 
     async def run(self) -> None:
-        """Rounds every RELOAD_SECONDS until cancelled; a failed round is logged and retried."""
+        """Until cancelled: the keyring reloaded every RELOAD_SECONDS, and a round of upkeep as
+        often; each on its own, so a long rewrap never holds a reload back."""
+        await asyncio.gather(self._every_round(self.live.reload), self._every_round(self.work))
+
+    async def _every_round(self, step: Callable[[], Awaitable[object]]) -> None:
         while True:
             try:
-                await self.run_once()
+                await step()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the next round tries again; requests go on meanwhile
                 log.error(
-                    "keyring maintenance failed (%s)",
+                    "keyring upkeep failed (%s)",
                     type(error).__name__,
                     extra={"event": "keyring_maintenance_failed"},
                 )
             await asyncio.sleep(RELOAD_SECONDS)
 
     async def run_once(self) -> None:
+        """One reload and one round of upkeep (what `run` repeats)."""
         await self.live.reload()
+        await self.work()
+
+    async def work(self) -> None:
+        """Rotate if due, rewrap, remove emptied keys: only while holding the lease."""
         if not await self._work_to_do():
             return
         if not await self.take_lease():
@@ -128,7 +142,7 @@ class KeyringMaintenance:
             return
         finally:
             seal.close()
-        self.live.adopt(rotated)
+        await self.live.adopt(rotated)
 
     async def _rewrap(self) -> None:
         if time.monotonic() < self._rewrap_after:
@@ -138,14 +152,17 @@ class KeyringMaintenance:
             retired = [key.key_id for key in keyring.previous]
             if not await repository.any_record_under(session, retired):
                 return
-        pace = _Pace(self, self.schedule.rewrap_rate)
-        report = await rotation.rewrap(
-            self._sessions,
-            keyring,
-            batch_size=self.schedule.batch_size,
-            lock=False,
-            pace=pace.after_batch,
-        )
+        pace = _Pace(self, keyring.current.key_id, self.schedule.rewrap_rate)
+        try:
+            report = await rotation.rewrap(
+                self._sessions,
+                keyring,
+                batch_size=self.schedule.batch_size,
+                lock=False,
+                pace=pace.after_batch,
+            )
+        except KeyringChangedError:
+            return  # another rotation: the next round rewraps onto the newer key
         if not report.rewrapped:
             self._rewrap_after = time.monotonic() + STUCK_RETRY_SECONDS
         log.info(
@@ -171,14 +188,16 @@ class KeyringMaintenance:
             )
         finally:
             seal.close()
-        self.live.adopt(root_rotation.without(self.live.current, removed))
+        await self.live.adopt(root_rotation.without(self.live.current, removed))
 
 
 class _Pace:
-    """Holds the rewrap to its rate and renews the lease between batches."""
+    """Holds the rewrap to its rate, renews the lease between batches, and stops the rewrap when
+    the keyring's active key is no longer the one it rewraps onto."""
 
-    def __init__(self, maintenance: KeyringMaintenance, rate: int) -> None:
+    def __init__(self, maintenance: KeyringMaintenance, onto: str, rate: int) -> None:
         self._maintenance = maintenance
+        self._onto = onto
         self._rate = rate
         self._started = time.monotonic()
         self._done = 0
@@ -193,3 +212,5 @@ class _Pace:
             if not await self._maintenance.take_lease():
                 raise LeaseLostError()
             self._renewed = time.monotonic()
+        if self._maintenance.live.current.current.key_id != self._onto:
+            raise KeyringChangedError()
