@@ -9,11 +9,13 @@ PORT ?= 8000
 
 # Pinned, hash-checked versions first (reproducible, no resolver run); then the project itself.
 # `-e '.[dev]'` finds nothing left to install unless pyproject.toml gained a dependency the lock
-# lacks, and tests/test_lock_files.py then fails until `make lock` is run.
-$(BIN)/keyvault: pyproject.toml requirements-dev.lock
+# lacks, and tests/test_lock_files.py then fails until `make lock` is run. The Python client
+# (clients/python) goes in editable too: its one dependency, httpx, is the server's as well.
+$(BIN)/keyvault: pyproject.toml requirements-dev.lock clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e clients/python
 	touch $@
 
 install: $(BIN)/keyvault

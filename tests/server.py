@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +72,12 @@ def running_server(
     *serve_args: str,
     tls_ca: Path | None = None,
     keyvault: Sequence[str] = KEYVAULT_HERE,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start `keyvault serve`, wait until /healthz answers, and stop it (SIGTERM) afterwards.
 
-    `keyvault` is the command that runs the CLI, e.g. the script of another installation.
+    `keyvault` is the command that runs the CLI, e.g. the script of another installation;
+    `settings` are environment variables added to the test ones (`KEYVAULT_JWKS_URL`, …).
     """
     port = free_port()
     scheme = "https" if tls_ca is not None else "http"
@@ -84,7 +86,7 @@ def running_server(
         process = subprocess.Popen(
             [*keyvault, "serve", "--port", str(port), *serve_args],
             cwd=workdir,
-            env=server_env(database_url),
+            env=server_env(database_url) | dict(settings or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

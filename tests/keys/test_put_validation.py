@@ -138,6 +138,8 @@ async def test_the_openai_key_route_validates_with_openai(
             "provider_unavailable",
             "timeout",
         ),
+        # No header can carry it: refused without a call, not a 500.
+        ("openai", "sk-CANARY-café-07", 422, "invalid-request", "invalid_request", "unsendable"),
     ],
 )
 async def test_a_key_the_provider_does_not_confirm_is_refused_and_nothing_stored(

@@ -75,6 +75,12 @@ class Provider:
         """The URL of `path` (relative, as validation_path is) under the base URL."""
         return f"{self.base_url}/{path}"
 
+    @staticmethod
+    def sendable(api_key: str) -> bool:
+        """Whether `api_key` can travel in an HTTP header: printable ASCII only (RFC 9110 §5.5
+        allows no more portably, and httpx refuses the rest)."""
+        return api_key.isascii() and api_key.isprintable()
+
     def key_headers(self, api_key: str) -> list[tuple[str, str]]:
         """The headers of a call made with `api_key`, the provider's way. They hold the key: never
         log them."""

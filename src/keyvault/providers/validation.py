@@ -16,7 +16,13 @@ from typing import Final
 
 import httpx
 
-from keyvault.errors import KeyRejectedByProvider, Problem, ProviderTimeout, ProviderUnavailable
+from keyvault.errors import (
+    InvalidRequest,
+    KeyRejectedByProvider,
+    Problem,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from keyvault.observability.metrics import KEY_VALIDATIONS
 from keyvault.providers.registry import Provider
 
@@ -33,6 +39,7 @@ class Verdict(StrEnum):
     unreachable = "unreachable"
     timeout = "timeout"
     provider_error = "provider_error"  # any answer but 2xx, 401 and 403
+    unsendable = "unsendable"  # the key cannot be put in a header: no call is made
 
 
 def refusal(verdict: Verdict) -> Problem | None:
@@ -42,6 +49,11 @@ def refusal(verdict: Verdict) -> Problem | None:
     if verdict is Verdict.rejected:
         return KeyRejectedByProvider(
             "The provider rejected this key (401 or 403); nothing was stored."
+        )
+    if verdict is Verdict.unsendable:
+        return InvalidRequest(
+            "api_key: holds characters that cannot be sent in an HTTP header (only printable"
+            " ASCII can), so the provider cannot check it; nothing was stored."
         )
     if verdict is Verdict.timeout:
         return ProviderTimeout(
@@ -74,6 +86,8 @@ class KeyValidator:
         return verdict
 
     async def _ask(self, provider: Provider, api_key: str) -> Verdict:
+        if not provider.sendable(api_key):
+            return Verdict.unsendable
         url = provider.url(provider.validation_path)
         try:
             async with asyncio.timeout(self._timeout):
