@@ -8,7 +8,7 @@
     head MAC   = HMAC-SHA256(audit key, "keyvault/audit-head" ‖ seq ‖ link)   of the last event
 
 Every event names the key id of the root key that linked it, so the chain stays verifiable across
-master-key rotation as long as the retired keys are configured. The head row (last seq, link, MAC)
+rotations: retired root keys are in the keyring, and a removed one leaves its audit key behind. The head row (last seq, link, MAC)
 lets `verify` notice a chain cut short at its tail; restoring an old copy of the head row together
 with the cut is the one edit it cannot see, which is what the JSON log lines are a witness against.
 
@@ -58,6 +58,8 @@ class Action(StrEnum):
     list = "list"
     rotate = "rotate"
     import_ = "import"
+    recovery_kit = "recovery_kit"
+    recover = "recover"
 
 
 class Outcome(StrEnum):
@@ -245,9 +247,14 @@ def verify_chain(
 class ChainVerifier:
     """`verify_chain` one event at a time, so a long trail is checked without holding it all."""
 
-    def __init__(self, key_for: Callable[[str], RootKey | None]) -> None:
+    def __init__(
+        self,
+        key_for: Callable[[str], RootKey | None],
+        audit_keys: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """`key_for` gives the root keys; `audit_keys` the audit keys kept for removed ones."""
         self._key_for = key_for
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, bytes] = dict(audit_keys or {})
         self._previous = GENESIS_LINK
         self._expected_seq = 1
         self.checked = 0
@@ -266,8 +273,8 @@ class ChainVerifier:
             return _broken(
                 checked,
                 stored.seq,
-                f"event {stored.seq} was linked under master key id {stored.key_id}, "
-                "which is not configured; it cannot be checked",
+                f"event {stored.seq} was linked under root key id {stored.key_id}, which this "
+                "configuration does not hold; it cannot be checked",
             )
         expected = chain_link(event_key, self._previous, stored.seq, stored.key_id, stored.event)
         if not hmac.compare_digest(expected, stored.link):
