@@ -44,7 +44,10 @@ from tests.master_keys.rotation_support import (
 )
 
 SUBS = [f"user-{n:03d}" for n in range(60)]
-TOKEN = mint("service", "api-key:read api-key:write users:any")
+
+
+def _token() -> str:
+    return mint("service", "api-key:read api-key:write users:any")
 
 
 async def _age_the_active_key(database_url: str, days: int) -> None:
@@ -122,7 +125,7 @@ async def test_a_due_rotation_rewraps_every_record_and_removes_the_old_key(
 
         current = state_of(app).keyring.current.current
         assert current.key_id != derived.current.key_id
-        read = await client.get(key_path(SUBS[0]), headers=bearer(TOKEN))
+        read = await client.get(key_path(SUBS[0]), headers=bearer(_token()))
         assert read.json()["api_key"] == api_key_of(SUBS[0])
     assert await records_by_key_id(empty_database_url) == {current.key_id: len(SUBS)}
     assert [e.key_id for e in await keyring_entries(empty_database_url)] == [current.key_id]
@@ -171,17 +174,17 @@ async def test_another_instance_follows_a_rotation_without_a_restart(
         await _maintenance(rotator).run_once()
         new_key_id = state_of(rotator).keyring.current.current.key_id
         written = await first.put(
-            key_path("fresh"), json={"api_key": "sk-fresh-0123456789"}, headers=bearer(TOKEN)
+            key_path("fresh"), json={"api_key": "sk-fresh-0123456789"}, headers=bearer(_token())
         )
         assert written.status_code == 201
 
         # The follower meets a key id it does not hold, reloads once, and reads it.
-        read = await second.get(key_path("fresh"), headers=bearer(TOKEN))
+        read = await second.get(key_path("fresh"), headers=bearer(_token()))
         assert read.status_code == 200, read.text
         assert read.json()["api_key"] == "sk-fresh-0123456789"
         assert state_of(follower).keyring.current.current.key_id == new_key_id
         rewritten = await second.put(
-            key_path(SUBS[0]), json={"api_key": "sk-rewritten-0123456789"}, headers=bearer(TOKEN)
+            key_path(SUBS[0]), json={"api_key": "sk-rewritten-0123456789"}, headers=bearer(_token())
         )
         assert rewritten.status_code == 200
     rows = await stored_rows(empty_database_url)
@@ -208,15 +211,15 @@ async def test_an_instance_that_cannot_open_the_new_key_stops_taking_writes(
         )
         await state.keyring.reload()
         written = await client.put(
-            key_path(SUBS[0]), json={"api_key": "sk-still-0123456789"}, headers=bearer(TOKEN)
+            key_path(SUBS[0]), json={"api_key": "sk-still-0123456789"}, headers=bearer(_token())
         )
         assert written.status_code == 200  # within the grace
 
         now[0] += WRITE_GRACE + timedelta(seconds=1)
         refused = await client.put(
-            key_path(SUBS[1]), json={"api_key": "sk-refused-0123456789"}, headers=bearer(TOKEN)
+            key_path(SUBS[1]), json={"api_key": "sk-refused-0123456789"}, headers=bearer(_token())
         )
-        read = await client.get(key_path(SUBS[2]), headers=bearer(TOKEN))
+        read = await client.get(key_path(SUBS[2]), headers=bearer(_token()))
         ready = await client.get("/readyz")
 
     assert refused.status_code == 503
@@ -255,7 +258,7 @@ async def test_a_rotation_under_load_fails_no_request_and_loses_no_write(
                 for sub in subs[offset::6]:
                     value = f"sk-{round_number}-{offset}-{sub}-0123456789"
                     response = await client.put(
-                        key_path(sub), json={"api_key": value}, headers=bearer(TOKEN)
+                        key_path(sub), json={"api_key": value}, headers=bearer(_token())
                     )
                     statuses.append(response.status_code)
                     if response.status_code == 200:
@@ -265,7 +268,7 @@ async def test_a_rotation_under_load_fails_no_request_and_loses_no_write(
         async def read(client: httpx.AsyncClient, offset: int) -> None:
             while not done.is_set():
                 for sub in subs[offset::6]:
-                    response = await client.get(key_path(sub), headers=bearer(TOKEN))
+                    response = await client.get(key_path(sub), headers=bearer(_token()))
                     statuses.append(response.status_code)
 
         async def rotate() -> None:

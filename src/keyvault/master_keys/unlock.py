@@ -4,10 +4,10 @@ the data was sealed with. The keyring's entries for derived keys follow the veri
 A master-key rotation rewraps the keyring's wrapped entries under the new master key's wrapping
 key in the same transaction as the verifiers change. While the active root key is itself derived
 from a master key (a keyring that never had a root-key rotation), the new master key's derived
-key becomes the active one and the records need `keyvault rotate`, as they always did. Once the
-active root key is random, the rotation is the keyring's rewrap alone: the records stay as they
-are, and the derived keys still holding records are kept wrapped, so the old master key is
-needed no more.
+key becomes the active one and the records move onto it (`keyvault rotate`, or the service's
+rewrap). Once the active root key is random, the rotation is the keyring's rewrap alone: the
+records stay as they are, and the derived keys still holding records are kept wrapped, so the old
+master key is needed no more.
 """
 
 from __future__ import annotations
