@@ -170,18 +170,21 @@ def test_an_impossible_kit_is_refused_in_one_line(empty_database_url: str, tmp_p
 
 
 def _on_a_terminal(env: dict[str, str], cwd: Path, args: list[str], typed: list[str]) -> str:
-    """Run `keyvault` with a pseudo-terminal as its controlling terminal, typing each line of
-    `typed` when it prompts; everything the terminal showed."""
+    """Run `keyvault` with a pseudo-terminal as its controlling terminal, typing the next line of
+    `typed` at each new prompt; everything the terminal showed."""
     pid, terminal = pty.fork()
     if pid == 0:  # the child: a new session, the pty's slave as its terminal
         os.chdir(cwd)
         os.execve(sys.executable, [sys.executable, "-m", "keyvault", *args], env)
     shown = b""
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    answered = 0  # how much of `shown` the last line typed answered
     pending = list(typed)
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([terminal], [], [], 0.2)
-        if ready:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 0.2)
+            if not ready:
+                continue
             try:
                 chunk = os.read(terminal, 4096)
             except OSError:  # the child exited and the terminal closed
@@ -189,10 +192,17 @@ def _on_a_terminal(env: dict[str, str], cwd: Path, args: list[str], typed: list[
             if not chunk:
                 break
             shown += chunk
-            if pending and shown.rstrip().endswith(b":"):
+            # A prompt is typed into only once it is shown in full: the input is read (and the
+            # terminal's pending input flushed) only after getpass has written it.
+            if pending and shown[answered:].rstrip().endswith(b":"):
                 os.write(terminal, pending.pop(0).encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, shown.decode(errors="replace")
+                answered = len(shown)
+        else:
+            raise AssertionError(f"no end in time: {shown.decode(errors='replace')}")
+    finally:
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     return shown.decode(errors="replace")
 
 
@@ -208,6 +218,7 @@ async def test_recover_prompts_on_a_terminal_without_echoing_the_shares(
     new = server_environment(empty_database_url, MASTER_ENCRYPTION_KEY=NEW_KEY)
 
     shown = _on_a_terminal(new, tmp_path, ["seal", "recover"], shares)
+    assert "keyring recovered: " in shown, shown
 
     assert "share 1:" in shown
     assert "share 2 of 2:" in shown
