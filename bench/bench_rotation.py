@@ -1,4 +1,6 @@
 """Benchmark: rewrap throughput of `keyvault rotate` on Postgres, against a plain-UPDATE baseline.
+The same rewrap moves records onto a new root key after a root-key rotation (in the running
+service it is throttled to KEYVAULT_REWRAP_RATE; unthrottled here).
 
     python -m bench.bench_rotation [--records 100000] [--runs 3] [--batch-size 500]
 

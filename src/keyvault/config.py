@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     pkcs11_token_label: str | None = None
     pkcs11_pin: SecretStr | None = None
     pkcs11_key_label: str = Field(default="keyvault-seal", min_length=1)
+    # The HSM key being replaced: a keyring it still wraps is rewrapped by the current key at start.
+    pkcs11_key_label_previous: str | None = None
+    # Root-key rotation (master_keys.maintenance): a new root key every N days (0: never), records
+    # rewrapped onto it by the running service at N per second.
+    root_key_rotation_days: int = Field(default=90, ge=0, le=36_500)
+    rewrap_rate: int = Field(default=1000, ge=1, le=1_000_000)
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)
     # Step-up authentication (RFC 9470); see stepup.py. Lists are comma- or space-separated.
     stepup_actions: Annotated[tuple[str, ...], NoDecode] = ()
@@ -230,9 +236,8 @@ class Settings(BaseSettings):
     @property
     def address_rate_limit(self) -> str:
         """The per-address limit: its own setting when given, else the per-principal one."""
-        return (
-            self.rate_limit if self.rate_limit_per_address is None else self.rate_limit_per_address
-        )
+        given = self.rate_limit_per_address
+        return self.rate_limit if given is None else given
 
     @field_validator("jwt_secret")
     @classmethod

@@ -162,3 +162,17 @@ class KeySetUnavailable(ServiceUnavailable):
             "The identity provider's signing keys cannot be fetched right now; retry shortly.",
             {"Retry-After": str(retry_after_seconds)},
         )
+
+
+class KeyringOutdated(ServiceUnavailable):
+    """This instance could not load the keyring's new active root key for too long: a write
+    sealed under its old key might outlive that key's removal, so it takes none."""
+
+    slug, title = "keyring-outdated", "Keyring outdated"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This instance cannot load the keyring's current root key; it takes no writes until "
+            "it does. Retry shortly.",
+            {"Retry-After": "5"},
+        )

@@ -106,8 +106,13 @@ async def test_seal_migrate_killed_mid_run_finishes_when_run_again(
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0] == f"seal: pkcs11 (token {softhsm.token_label!r}, key {hsm_key!r})"
-    assert lines[1].split() == ["key", "id", "seal", "created", "records", "state"]
-    (row,) = lines[2:]
+    assert lines[1].startswith("root-key rotation: every 90 days")
+    assert lines[2].startswith("to rewrap: 0 records not under the active root key")
+    assert lines[3] == "recovery kit: none (`keyvault seal recovery-kit` makes one)"
+    assert lines[4].split() == ["key", "id", "seal", "created", "records", "state"]
+    removed, row = lines[5:]
+    assert removed.split()[0:2] == [env_key_id, "pkcs11"]
+    assert removed.endswith("0  removed (only its audit key is kept, to check old audit events)")
     assert row.split()[0:2] == [hsm_only.current.key_id, "pkcs11"]
     assert row.split()[3:] == [str(KILL_TEST_RECORDS), "active"]
     env_alone = {k: v for k, v in env.items() if not k.startswith("KEYVAULT_PKCS11")}
@@ -131,7 +136,7 @@ async def test_seal_status_lists_the_env_entries_during_the_move(
     )
 
     assert with_key.returncode == 0, with_key.stderr
-    rows = {line.split()[0]: line for line in with_key.stdout.splitlines()[2:]}
+    rows = {line.split()[0]: line for line in with_key.stdout.splitlines()[5:]}
     assert rows[env_key_id].split()[1] == "env"
     assert rows[env_key_id].endswith("1  retired")
     assert without.returncode == 1

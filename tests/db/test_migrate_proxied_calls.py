@@ -1,4 +1,4 @@
-"""The proxied-calls migration (0007): the events chained before it still verify with the calls
+"""The proxied-calls migration (0008): the events chained before it still verify with the calls
 recorded after them, and going back below it is refused once a call's event would be lost."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ async def test_going_back_below_it_is_refused_once_a_call_is_recorded(
     url, _ = migrated
     await _proxied_call(client)
     with pytest.raises(RuntimeError, match="cannot downgrade below proxied calls"):
-        await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0007")
     columns, _ = await _columns(url, "audit_events")
     assert set(columns) >= CALL_COLUMNS
 
@@ -84,7 +84,7 @@ async def test_without_calls_it_goes_back_and_forth_keeping_every_event(
     migrated: tuple[str, Keyring],
 ) -> None:
     url, keyring = migrated
-    await asyncio.to_thread(command.downgrade, alembic_config(url), "0006")
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0007")
     columns, _ = await _columns(url, "audit_events")
     assert not set(columns) & CALL_COLUMNS
     await asyncio.to_thread(upgrade_to_head, url)

@@ -8,12 +8,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 
 from keyvault.crypto.records import new_deployment_salt
 from keyvault.db.engine import create_engine, session_scope
 from keyvault.db.migrations import alembic_config, upgrade_to_head
-from keyvault.db.models import Base
+from keyvault.db.models import Base, RootKeyEntry
 from keyvault.master_keys import keyring_repository, repository
 from keyvault.master_keys.unlock import unlock
 from tests.deployments import (
@@ -93,7 +93,9 @@ async def test_downgrade_refuses_to_drop_wrapped_root_keys(empty_database_url: s
         await keyring_repository.retire_active_root_keys(
             session, [(await keyring_entries(empty_database_url))[0].key_id], now
         )
-        await keyring_repository.add_root_key(session, "00" * 8, "pkcs11", bytes(61), now)
+        await keyring_repository.add_root_key(
+            session, "00" * 8, "pkcs11", bytes(61), now, material=bytes(32)
+        )
     # Down to the keyring's own revision first: SQLite commits each later revision's downgrade
     # (its DDL) before this one refuses.
     await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0006")
@@ -101,5 +103,26 @@ async def test_downgrade_refuses_to_drop_wrapped_root_keys(empty_database_url: s
 
     with pytest.raises(RuntimeError, match="the keyring holds wrapped root keys"):
         await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0005")
+
+    assert await database_contents(empty_database_url) == before
+
+
+async def test_downgrade_refuses_to_drop_the_audit_keys_of_removed_root_keys(
+    empty_database_url: str,
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    (entry,) = await keyring_entries(empty_database_url)
+    async with open_sessions(empty_database_url) as sessions, session_scope(sessions) as session:
+        await session.execute(
+            update(RootKeyEntry)
+            .where(RootKeyEntry.key_id == entry.key_id)
+            .values(purpose="audit", wrapped=bytes(61))
+        )
+    # Down to the rotation's own revision first, as above.
+    await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0007")
+    before = await database_contents(empty_database_url)
+
+    with pytest.raises(RuntimeError, match="keeps audit keys of removed root keys"):
+        await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0006")
 
     assert await database_contents(empty_database_url) == before

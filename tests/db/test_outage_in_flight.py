@@ -94,7 +94,7 @@ async def test_refusals_during_a_freeze_answer_503_within_a_second(
         assert queued_elapsed < first_elapsed + QUEUED_MARGIN_SECONDS, "it waited for a batch too"
 
     await assert_serving_again(served.http)
-    assert (await verify(private_postgres.url, state_of(served.app).keyring)).intact
+    assert (await verify(private_postgres.url, state_of(served.app).keyring.current)).intact
 
 
 async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
@@ -130,7 +130,7 @@ async def test_a_put_queued_behind_a_stuck_one_answers_503_within_a_second(
     assert read.json()["api_key"] == STORED_KEY
     assert read.json()["version"] == stored.json()["version"]
     await assert_serving_again(served.http)
-    assert (await verify(private_postgres.url, state_of(served.app).keyring)).intact
+    assert (await verify(private_postgres.url, state_of(served.app).keyring.current)).intact
 
 
 def _batch_running(batches: BatchQueue[Any, Any]) -> bool:

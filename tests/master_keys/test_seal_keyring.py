@@ -14,8 +14,7 @@ from keyvault.crypto.records import UnknownKeyIdError
 from keyvault.db.engine import session_scope
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.master_keys import keyring_repository, repository
-from keyvault.master_keys.keyring import KeyringUnwrapError
-from keyvault.master_keys.seals import EnvSeal, SealKind
+from keyvault.master_keys.seals import EnvSeal, KeyringUnwrapError, SealKind
 from keyvault.master_keys.unlock import MasterKeyMismatchError, SealedElsewhereError
 from tests.conftest import make_settings
 from tests.deployments import (
@@ -187,7 +186,7 @@ async def test_the_env_seal_opens_random_root_keys_it_wrapped(empty_database_url
             session, [derived.current.key_id], now
         )
         await keyring_repository.add_root_key(
-            session, random_key.key_id, SealKind.env, wrapped, now
+            session, random_key.key_id, SealKind.env, wrapped, now, material=random_key.material
         )
 
     keyring = await keyring_of(make_settings(empty_database_url, MASTER_ENCRYPTION_KEY=OLD_KEY))

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from keyvault.audit.trail import verify_stored_chain
+from keyvault.cli.audit import verify_audit
 from keyvault.crypto.records import Keyring, RecordIntegrityError, RootKey, UnknownKeyIdError
 from keyvault.db.engine import create_engine, session_scope
 from keyvault.master_keys import repository, seal_migration
@@ -69,7 +70,11 @@ async def _migrate(
         finally:
             seal.close()
         return await seal_migration.migrate_to(
-            sessions, keyring, batch_size=batch_size, on_batch=on_batch
+            sessions,
+            keyring,
+            lambda: open_hsm_seal(settings),
+            batch_size=batch_size,
+            on_batch=on_batch,
         )
 
 
@@ -228,10 +233,11 @@ async def test_puts_during_the_migration_keep_their_values_and_the_audit_chain_h
     assert verification.events_checked >= 3 * len(SUBS[::5])
 
 
-async def test_audit_links_from_before_the_move_are_checked_with_the_old_master_key(
+async def test_audit_links_from_before_the_move_check_with_the_audit_key_kept_in_the_hsm(
     softhsm: SoftHsm, hsm_key: str, empty_database_url: str
 ) -> None:
-    """As after a master-key rotation: the old events need the old key (as a previous key)."""
+    """The removed env root key leaves its audit key wrapped by the HSM: the old events verify
+    without the old master key, and the master key is no longer needed for anything."""
     await _env_deployment(empty_database_url, ["alice"])
     token = mint("alice", "api-key:read")
     env_app = create_app(make_settings(empty_database_url, MASTER_ENCRYPTION_KEY=OLD_KEY))
@@ -243,18 +249,14 @@ async def test_audit_links_from_before_the_move_are_checked_with_the_old_master_
     async with _serving(empty_database_url, softhsm, hsm_key) as client:
         assert (await client.get(key_path("alice"), headers=bearer(token))).status_code == 200
 
+    hsm_only = softhsm.settings(empty_database_url, hsm_key)
+    checked = await verify_audit(hsm_only)
     engine = create_engine(empty_database_url)
     try:
         async with engine.connect() as connection:
-            hsm_only = await keyring_of(softhsm.settings(empty_database_url, hsm_key))
-            unchecked = await verify_stored_chain(connection, hsm_only)
-            with_master_key = await keyring_of(
-                softhsm.settings(empty_database_url, hsm_key, MASTER_ENCRYPTION_KEY=OLD_KEY)
-            )
-            checked = await verify_stored_chain(connection, with_master_key)
+            without_kept_keys = await verify_stored_chain(connection, await keyring_of(hsm_only))
     finally:
         await engine.dispose()
     assert checked.intact, checked.problem
     assert checked.events_checked == 2
-    assert unchecked.first_bad_seq == 1
-    assert "which is not configured" in (unchecked.problem or "")
+    assert without_kept_keys.first_bad_seq == 1

@@ -116,7 +116,17 @@ def test_each_verdict_but_passed_refuses_the_put() -> None:
         Verdict.unreachable: 502,
         Verdict.provider_error: 502,
         Verdict.timeout: 504,
+        Verdict.unsendable: 422,
     }
+
+
+async def test_a_key_no_header_can_carry_is_not_sent(
+    fake: FakeProvider, validator: KeyValidator
+) -> None:
+    openai, _ = _builtin(fake)
+    fake.received.clear()
+    assert await validator.check(openai, "sk-café-0123456789") is Verdict.unsendable
+    assert fake.received == []
 
 
 async def test_the_key_is_in_no_log_line(

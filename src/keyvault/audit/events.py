@@ -8,7 +8,7 @@
     head MAC   = HMAC-SHA256(audit key, "keyvault/audit-head" ‖ seq ‖ link)   of the last event
 
 Every event names the key id of the root key that linked it, so the chain stays verifiable across
-master-key rotation as long as the retired keys are configured. The head row (last seq, link, MAC)
+rotations: retired root keys are in the keyring, and a removed one leaves its audit key behind. The head row (last seq, link, MAC)
 lets `verify` notice a chain cut short at its tail; restoring an old copy of the head row together
 with the cut is the one edit it cannot see, which is what the JSON log lines are a witness against.
 
@@ -62,6 +62,8 @@ class Action(StrEnum):
     use = "use"  # a call through the provider proxy
     rotate = "rotate"
     import_ = "import"
+    recovery_kit = "recovery_kit"
+    recover = "recover"
 
 
 class Outcome(StrEnum):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import event as sqlalchemy_event
@@ -178,13 +178,29 @@ class AuditTrail:
         return key
 
 
-async def verify_stored_chain(executor: Executor, keyring: Keyring) -> Verification:
-    """Walk the stored chain with the keyring's keys (current and retired), a chunk at a time.
+async def record_operation(
+    session: AsyncSession, root: RootKey, action: Action, operation: str
+) -> ChainedEvent:
+    """An operator's operation on the keyring (a rotation, a recovery kit, a recovery), in
+    `session`'s transaction, linked under `root`. There is no token: `operation` names the
+    command in the user agent field. Log it with `log_event` once the transaction committed."""
+    event = AuditEvent.create(
+        action=action, outcome=Outcome.ok, target=None, user_agent=f"keyvault {operation}"
+    )
+    (chained,) = await audit_repository.append(session, root, audit_key(root), [event])
+    return chained
+
+
+async def verify_stored_chain(
+    executor: Executor, keyring: Keyring, audit_keys: Mapping[str, bytes] | None = None
+) -> Verification:
+    """Walk the stored chain with the keyring's keys (current and retired) and the audit keys
+    kept for removed root keys, a chunk at a time.
 
     Run it in one snapshot (REPEATABLE READ on Postgres) when the service may be writing, so the
     events and the head row are read as of the same moment.
     """
-    verifier = ChainVerifier(keyring.root)
+    verifier = ChainVerifier(keyring.root, audit_keys or {})
     async for stored in audit_repository.walk(executor):
         broken = verifier.feed(stored)
         if broken is not None:

@@ -6,7 +6,7 @@ scheme is in keyvault.audit.events). This module does no I/O.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from keyvault.audit.events import (
@@ -49,9 +49,14 @@ def verify_chain(
 class ChainVerifier:
     """`verify_chain` one event at a time, so a long trail is checked without holding it all."""
 
-    def __init__(self, key_for: Callable[[str], RootKey | None]) -> None:
+    def __init__(
+        self,
+        key_for: Callable[[str], RootKey | None],
+        audit_keys: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """`key_for` gives the root keys; `audit_keys` the audit keys kept for removed ones."""
         self._key_for = key_for
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, bytes] = dict(audit_keys or {})
         self._previous = GENESIS_LINK
         self._expected_seq = 1
         self.checked = 0
@@ -70,8 +75,8 @@ class ChainVerifier:
             return _broken(
                 checked,
                 stored.seq,
-                f"event {stored.seq} was linked under master key id {stored.key_id}, "
-                "which is not configured; it cannot be checked",
+                f"event {stored.seq} was linked under root key id {stored.key_id}, which this "
+                "configuration does not hold; it cannot be checked",
             )
         expected = chain_link(event_key, self._previous, stored.seq, stored.key_id, stored.event)
         if not hmac.compare_digest(expected, stored.link):

@@ -1,5 +1,5 @@
-"""`keyvault rotate` and `keyvault keys status`: the master-key lifecycle (logic in
-keyvault.master_keys.rotation).
+"""`keyvault rotate`, `keyvault keys status` and `keyvault keys rotate-root`: the lifecycle of the
+keys that seal records (logic in keyvault.master_keys.rotation and .root_rotation).
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import typer
 from keyvault.cli.common import one_line_failures, progress, unlocked
 from keyvault.config import load_settings
 from keyvault.crypto.records import Keyring
-from keyvault.master_keys import rotation
+from keyvault.master_keys import root_rotation, rotation
+from keyvault.master_keys.keyring import seal_opener
 
-keys_app = typer.Typer(help="Which master keys the stored records need.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The keys that seal records: which ones the records need, and rotating the root key.",
+    no_args_is_help=True,
+)
 
 
 @one_line_failures
@@ -69,11 +73,9 @@ def keys_status() -> None:
             return await rotation.keys_report(sessions, keyring)
 
     report = asyncio.run(run())
-    roles = {report.current_key_id: "current"}
-    roles.update({k: f"previous #{n}" for n, k in enumerate(report.previous_key_ids, start=1)})
     typer.echo(f"{'key id':<18}{'format':<8}{'records':>10}  configured as")
     for entry in report.usage:
-        role = roles.get(entry.key_id, "NOT CONFIGURED: these records cannot be read")
+        role = report.role(entry.key_id)
         typer.echo(f"{entry.key_id:<18}v{entry.format_version:<7}{entry.records:>10}  {role}")
     if not report.usage:
         typer.echo("(no records)")
@@ -81,3 +83,32 @@ def keys_status() -> None:
         typer.echo(f"previous key #{position} (id {key_id}) is no longer needed and may be removed")
     if report.unconfigured:
         raise typer.Exit(code=1)
+
+
+@keys_app.command("rotate-root")
+@one_line_failures
+def rotate_root() -> None:
+    """Add a new random root key to the keyring, wrapped by the seal, and make it active at once.
+
+    The running service rewraps the records under older root keys onto it in the background
+    (KEYVAULT_REWRAP_RATE records/s), and removes an old key once no record uses it; `keyvault
+    rotate` does the rewrap at once instead.
+    """
+    settings = load_settings()
+
+    async def run() -> tuple[str, str, int]:
+        async with unlocked(settings) as (sessions, keyring):
+            seal = await seal_opener(settings, keyring)()
+            try:
+                rotated = await root_rotation.rotate_root(sessions, seal, keyring)
+            finally:
+                seal.close()
+            left = await rotation.count_to_rewrap(sessions, rotated)
+        return keyring.current.key_id, rotated.current.key_id, left
+
+    old, new, left = asyncio.run(run())
+    typer.echo(
+        f"root key {new} is active (it replaces {old}); the running service rewraps the {left} "
+        f"records under older root keys onto it at {settings.rewrap_rate} records/s "
+        "(KEYVAULT_REWRAP_RATE), or run `keyvault rotate` to do it now"
+    )

@@ -1,5 +1,6 @@
-"""`keyvault seal create-key`, `migrate` and `status`: what wraps the keyring of root keys (logic in
-keyvault.master_keys.seals, .pkcs11_seal and .seal_migration).
+"""`keyvault seal create-key`, `migrate`, `status`, `recovery-kit` and `recover`: what wraps the
+keyring of root keys (logic in keyvault.master_keys.seals, .pkcs11_seal, .seal_migration,
+.keyring_status and .recovery).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import Annotated
 
 import typer
 
+from keyvault.cli import recovery
 from keyvault.cli.common import SchemaNotReadyError, one_line_failures, progress, unlocked
 from keyvault.config import Settings, load_settings
 from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.db.migrations import is_at_head
-from keyvault.master_keys import pkcs11_seal, rotation, seal_migration
+from keyvault.master_keys import keyring_status, pkcs11_seal, rotation, seal_migration
 from keyvault.master_keys.pkcs11_seal import open_hsm_seal
 from keyvault.master_keys.seals import configured_master_keys
 
@@ -101,7 +103,11 @@ async def _migrate(settings: Settings, batch_size: int) -> seal_migration.Migrat
         total = await rotation.count_to_rewrap(sessions, keyring)
         with progress("rewrapping", total) as advance:
             return await seal_migration.migrate_to(
-                sessions, keyring, batch_size=batch_size, on_batch=advance
+                sessions,
+                keyring,
+                lambda: open_hsm_seal(settings),
+                batch_size=batch_size,
+                on_batch=advance,
             )
     finally:
         await engine.dispose()
@@ -110,15 +116,22 @@ async def _migrate(settings: Settings, batch_size: int) -> seal_migration.Migrat
 @seal_app.command("status")
 @one_line_failures
 def status() -> None:
-    """The seal in use and each root key: its id, seal, creation time, state and record count."""
+    """The seal in use, the root-key rotation schedule, what is left to rewrap, the recovery kit,
+    and each root key: its id, seal, creation time, state and record count."""
     settings = load_settings()
 
-    async def run() -> tuple[str, list[seal_migration.KeyringEntryStatus]]:
+    async def run() -> tuple[keyring_status.Overview, list[keyring_status.KeyringEntryStatus]]:
         async with unlocked(settings) as (sessions, keyring):
-            return _describe(settings), await seal_migration.keyring_status(sessions, keyring)
+            days = settings.root_key_rotation_days
+            return (
+                await keyring_status.overview(sessions, keyring, days),
+                await keyring_status.keyring_status(sessions, keyring),
+            )
 
-    described, entries = asyncio.run(run())
-    typer.echo(f"seal: {described}")
+    overview, entries = asyncio.run(run())
+    typer.echo(f"seal: {_describe(settings)}")
+    for line in _overview_lines(settings, overview):
+        typer.echo(line)
     typer.echo(f"{'key id':<18}{'seal':<8}{'created':<22}{'records':>9}  state")
     for entry in entries:
         typer.echo(
@@ -129,6 +142,28 @@ def status() -> None:
         raise typer.Exit(code=1)
 
 
+def _overview_lines(settings: Settings, overview: keyring_status.Overview) -> list[str]:
+    days = settings.root_key_rotation_days
+    schedule = f"every {days} days" if days else "off"
+    rotation = f"root-key rotation: {schedule} (KEYVAULT_ROOT_KEY_ROTATION_DAYS)"
+    rotation += f"; last {_when(overview.last_rotation)}"
+    if overview.next_rotation is not None:
+        rotation += f"; next due {_when(overview.next_rotation)}"
+    rewrap = (
+        f"to rewrap: {overview.to_rewrap} records not under the active root key "
+        f"(the service rewraps {settings.rewrap_rate}/s, KEYVAULT_REWRAP_RATE)"
+    )
+    kit = overview.kit
+    if kit is None:
+        recovery_line = "recovery kit: none (`keyvault seal recovery-kit` makes one)"
+    else:
+        recovery_line = (
+            f"recovery kit: made {_when(kit.created_at)}, any {kit.threshold} of "
+            f"{kit.shares} shares"
+        )
+    return [rotation, rewrap, recovery_line]
+
+
 def _describe(settings: Settings) -> str:
     if settings.seal == Target.pkcs11:
         return pkcs11_seal.Pkcs11Settings.from_settings(settings).describe()
@@ -137,3 +172,7 @@ def _describe(settings: Settings) -> str:
 
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else "-"
+
+
+seal_app.command("recovery-kit")(recovery.recovery_kit)
+seal_app.command("recover")(recovery.recover)

@@ -3,6 +3,7 @@
     root key     = 32 random bytes, named by its key id (RootKey.from_material)
     wrapped      = format version ‖ nonce (12 bytes) ‖ AES-256-GCM(wrapping key, nonce, root key,
                    associated data = "keyvault/root-key" ‖ format version ‖ seal kind)
+                   (an audit key kept for a removed root key: "keyvault/audit-key" instead)
     wrapping key = the seal's: an AES-256 key inside an HSM, which runs the AES-GCM itself (pkcs11),
                    or HKDF-SHA256(env root key, info = "keyvault/seal/env") here (env)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+from enum import StrEnum
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -27,7 +29,18 @@ from keyvault.crypto.records import NONCE_BYTES, ROOT_KEY_BYTES, RootKey
 WRAP_FORMAT_VERSION: Final = 1
 GCM_TAG_BYTES: Final = 16
 
-_WRAP_AAD_PREFIX: Final = b"keyvault/root-key"
+
+class KeyPurpose(StrEnum):
+    """What a keyring entry holds: a root key, or only the audit key of a removed root key."""
+
+    root = "root"
+    audit = "audit"
+
+
+_WRAP_AAD_PREFIX: Final = {
+    KeyPurpose.root: b"keyvault/root-key",
+    KeyPurpose.audit: b"keyvault/audit-key",
+}
 _ENV_WRAPPING_LABEL: Final = b"keyvault/seal/env"
 _HEADER: Final = struct.Struct(">B")
 
@@ -43,10 +56,10 @@ def new_root_key() -> RootKey:
     return RootKey.from_material(os.urandom(ROOT_KEY_BYTES))
 
 
-def wrap_context(seal_kind: str) -> bytes:
-    """The associated data of a wrapped root key: which format and which seal made it."""
+def wrap_context(seal_kind: str, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
+    """The associated data of a wrapped key: what it is, which format and which seal made it."""
     kind = seal_kind.encode("ascii")
-    return b"".join((_WRAP_AAD_PREFIX, _HEADER.pack(WRAP_FORMAT_VERSION), kind))
+    return b"".join((_WRAP_AAD_PREFIX[purpose], _HEADER.pack(WRAP_FORMAT_VERSION), kind))
 
 
 def encode_wrapped(nonce: bytes, sealed: bytes) -> bytes:
@@ -82,16 +95,20 @@ def env_wrapping_key(root: RootKey) -> bytes:
     return root.subkey(_ENV_WRAPPING_LABEL)
 
 
-def wrap_with(wrapping_key: bytes, seal_kind: str, material: bytes) -> bytes:
+def wrap_with(
+    wrapping_key: bytes, seal_kind: str, material: bytes, purpose: KeyPurpose = KeyPurpose.root
+) -> bytes:
     """Wrap in this process (the env seal); an HSM seal does the same AES-GCM inside the token."""
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(wrapping_key).encrypt(nonce, material, wrap_context(seal_kind))
+    sealed = AESGCM(wrapping_key).encrypt(nonce, material, wrap_context(seal_kind, purpose))
     return encode_wrapped(nonce, sealed)
 
 
-def unwrap_with(wrapping_key: bytes, seal_kind: str, wrapped: bytes) -> bytes:
+def unwrap_with(
+    wrapping_key: bytes, seal_kind: str, wrapped: bytes, purpose: KeyPurpose = KeyPurpose.root
+) -> bytes:
     nonce, sealed = decode_wrapped(wrapped)
     try:
-        return AESGCM(wrapping_key).decrypt(nonce, sealed, wrap_context(seal_kind))
+        return AESGCM(wrapping_key).decrypt(nonce, sealed, wrap_context(seal_kind, purpose))
     except InvalidTag:
         raise UnwrapError() from None

@@ -113,11 +113,25 @@ class SealedRecord:
 
 
 class Keyring:
-    """The current root key, which seals, and retired ones, which may still open old records."""
+    """The current root key, which seals, and retired ones, which may still open old records.
 
-    def __init__(self, current: RootKey, previous: tuple[RootKey, ...] = ()) -> None:
+    `master_key_ids` names the keys derived from configured master keys (the current master key
+    first, then the previous ones in configuration order); `sealed_ids` the keys held wrapped in
+    the keyring, which need no master key to open.
+    """
+
+    def __init__(
+        self,
+        current: RootKey,
+        previous: tuple[RootKey, ...] = (),
+        *,
+        master_key_ids: tuple[str, ...] = (),
+        sealed_ids: frozenset[str] = frozenset(),
+    ) -> None:
         self.current = current
         self.previous = previous
+        self.master_key_ids = master_key_ids
+        self.sealed_ids = sealed_ids
         self._by_id = {key.key_id: key for key in (*previous, current)}
 
     def __repr__(self) -> str:

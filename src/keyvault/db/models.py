@@ -67,6 +67,7 @@ class MasterKeyVerifier(Base):
 
 
 SEAL_KIND_LENGTH = 16
+KEY_PURPOSE_LENGTH = 8
 
 
 class RootKeyEntry(Base):
@@ -75,6 +76,9 @@ class RootKeyEntry(Base):
     `wrapped` is NULL for a root key derived from a master key (the env seal's first entries):
     its material is PBKDF2 of MASTER_ENCRYPTION_KEY, checked against its verifier. The one entry
     with no `retired_at` is the active key, which seals new records; retired ones still open theirs.
+    An entry of purpose "audit" is a removed root key of which only the audit key is kept, so the
+    events it linked stay verifiable. `recovery_wrapped` is the same key sealed to the recovery
+    kit's public key (master_keys.recovery), NULL while there is no kit.
     """
 
     __tablename__ = "root_keys"
@@ -84,6 +88,31 @@ class RootKeyEntry(Base):
     wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    purpose: Mapped[str] = mapped_column(String(KEY_PURPOSE_LENGTH), server_default="root")
+    recovery_wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class RecoveryKit(Base):
+    """One row once a kit is made: the public half of the recovery key, whose private half only
+    the kit's shares give back; a new kit replaces it and every recovery copy."""
+
+    __tablename__ = "recovery_kit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    shares: Mapped[int] = mapped_column(SmallInteger)
+    threshold: Mapped[int] = mapped_column(SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Lease(Base):
+    """A named lease: the holder may do the named work until `expires_at`, renewing as it goes."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ApiKeyRecord(Base):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
@@ -72,10 +73,18 @@ async def put_api_key_audited(
 
 
 async def get_api_key(
-    records: repository.RecordReader, keyring: Keyring, sub: str, provider: str
+    records: repository.RecordReader,
+    keyring: Keyring,
+    sub: str,
+    provider: str,
+    *,
+    reload: Callable[[str], Awaitable[Keyring]] | None = None,
 ) -> tuple[ApiKeyRead, str]:
-    """The key in clear; NotFound when there is none, KeyExpired once its expiry has passed."""
-    api_key, state = await _open(records, keyring, sub, provider)
+    """The key in clear; NotFound when there is none, KeyExpired once its expiry has passed.
+
+    A record under a key id the keyring lacks may have been sealed by another instance under a
+    root key it has just rotated to: `reload` gives the keyring re-read for that key id."""
+    api_key, state = await _open(records, keyring, sub, provider, reload)
     body = ApiKeyRead(
         sub=sub,
         provider=provider,
@@ -91,15 +100,24 @@ async def get_api_key(
 
 
 async def key_for_use(
-    records: repository.RecordReader, keyring: Keyring, sub: str, provider: str
+    records: repository.RecordReader,
+    keyring: Keyring,
+    sub: str,
+    provider: str,
+    *,
+    reload: Callable[[str], Awaitable[Keyring]] | None = None,
 ) -> tuple[SecretStr, int]:
     """The key and its version, for the provider proxy to send on; refused as get_api_key is."""
-    api_key, state = await _open(records, keyring, sub, provider)
+    api_key, state = await _open(records, keyring, sub, provider, reload)
     return SecretStr(api_key), state.version
 
 
 async def _open(
-    records: repository.RecordReader, keyring: Keyring, sub: str, provider: str
+    records: repository.RecordReader,
+    keyring: Keyring,
+    sub: str,
+    provider: str,
+    reload: Callable[[str], Awaitable[Keyring]] | None,
 ) -> tuple[str, RecordState]:
     record = await records.get_record(sub, provider)
     if record is None:
@@ -108,6 +126,8 @@ async def _open(
     if state.expires_at is not None and state.expired_at(datetime.now(UTC)):
         raise KeyExpired()
     try:
+        if reload is not None and keyring.root(record.sealed.key_id) is None:
+            keyring = await reload(record.sealed.key_id)
         api_key = keyring.open(sub, provider, record.sealed)
     except UnknownKeyIdError as error:
         metrics.DECRYPT_FAILURES.labels("unknown_key_id").inc()

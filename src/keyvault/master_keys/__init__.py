@@ -1,3 +1,4 @@
-"""Unlocking the deployment with its master key (verified against the database before anything
-is written) and rotating it: rewrapping records sealed under a retired key.
+"""The keyring of root keys and its seals (the master key, or an HSM): unlocking it, rotating root
+keys on a schedule and rewrapping records onto them, rewrapping the keyring under a new wrapping
+key, and the recovery kit for a lost one.
 """

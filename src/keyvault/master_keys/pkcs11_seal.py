@@ -13,13 +13,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from keyvault.config import Settings
-from keyvault.crypto.keyring import UnwrapError, decode_wrapped, encode_wrapped, wrap_context
+from keyvault.crypto.keyring import (
+    KeyPurpose,
+    UnwrapError,
+    decode_wrapped,
+    encode_wrapped,
+    wrap_context,
+)
 from keyvault.crypto.records import NONCE_BYTES
 from keyvault.master_keys.seals import SealError, SealKind
 
@@ -32,6 +38,8 @@ class Pkcs11Settings:
     token_label: str
     pin: str = field(repr=False)
     key_label: str
+    # The setting that named the key, for messages: the current key's, or the previous one's.
+    key_setting: str = "KEYVAULT_PKCS11_KEY_LABEL"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pkcs11Settings:
@@ -82,11 +90,11 @@ class Pkcs11Seal:
     def describe(self) -> str:
         return self._config.describe()
 
-    def wrap(self, material: bytes) -> bytes:
+    def wrap(self, material: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
         pkcs11 = _library_module()
         nonce = os.urandom(NONCE_BYTES)
         try:
-            sealed = self._key.encrypt(material, **_gcm(pkcs11, nonce))
+            sealed = self._key.encrypt(material, **_gcm(pkcs11, nonce, purpose))
         except pkcs11.PKCS11Error as error:
             raise SealError(
                 f"{self.describe()} refused to wrap a root key ({type(error).__name__}); "
@@ -94,11 +102,11 @@ class Pkcs11Seal:
             ) from None
         return encode_wrapped(nonce, bytes(sealed))
 
-    def unwrap(self, wrapped: bytes) -> bytes:
+    def unwrap(self, wrapped: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
         pkcs11 = _library_module()
         nonce, sealed = decode_wrapped(wrapped)
         try:
-            return bytes(self._key.decrypt(sealed, **_gcm(pkcs11, nonce)))
+            return bytes(self._key.decrypt(sealed, **_gcm(pkcs11, nonce, purpose)))
         except pkcs11.PKCS11Error:
             # Tokens differ in which error a failed tag check raises; all of them mean this.
             raise UnwrapError() from None
@@ -146,6 +154,16 @@ def _release(config: Pkcs11Settings) -> None:
 def open_hsm_seal(settings: Settings) -> Pkcs11Seal:
     """The pkcs11 seal of these settings, logged in and holding its key; SealError otherwise."""
     return Pkcs11Seal.open(Pkcs11Settings.from_settings(settings))
+
+
+def open_previous_hsm_seal(settings: Settings) -> Pkcs11Seal | None:
+    """The seal of KEYVAULT_PKCS11_KEY_LABEL_PREVIOUS, the HSM key being replaced; None if unset."""
+    label = settings.pkcs11_key_label_previous
+    if not label or label == settings.pkcs11_key_label:
+        return None
+    config = Pkcs11Settings.from_settings(settings)
+    previous = replace(config, key_label=label, key_setting="KEYVAULT_PKCS11_KEY_LABEL_PREVIOUS")
+    return Pkcs11Seal.open(previous)
 
 
 def create_key(config: Pkcs11Settings) -> None:
@@ -238,7 +256,7 @@ def _wrong_pin(config: Pkcs11Settings) -> SealError:
 
 
 def _wrapping_key(pkcs11: ModuleType, session: Any, config: Pkcs11Settings) -> Any:
-    name = f"key {config.key_label!r} (KEYVAULT_PKCS11_KEY_LABEL) in token {config.token_label!r}"
+    name = f"key {config.key_label!r} ({config.key_setting}) in token {config.token_label!r}"
     try:
         key = session.get_key(
             object_class=pkcs11.ObjectClass.SECRET_KEY,
@@ -265,6 +283,6 @@ def _wrapping_key(pkcs11: ModuleType, session: Any, config: Pkcs11Settings) -> A
     return key
 
 
-def _gcm(pkcs11: ModuleType, nonce: bytes) -> dict[str, Any]:
-    params = pkcs11.mechanisms.GCMParams(nonce, wrap_context(SealKind.pkcs11))
+def _gcm(pkcs11: ModuleType, nonce: bytes, purpose: KeyPurpose) -> dict[str, Any]:
+    params = pkcs11.mechanisms.GCMParams(nonce, wrap_context(SealKind.pkcs11, purpose))
     return {"mechanism": pkcs11.Mechanism.AES_GCM, "mechanism_param": params}

@@ -281,3 +281,44 @@ async def stored_key_ids(session: AsyncSession) -> set[str]:
     """The key ids records are sealed under; a walk of the key-id index, cheap at start-up."""
     result = await session.execute(select(ApiKeyRecord.key_id).distinct())
     return set(result.scalars())
+
+
+async def any_record_under(session: AsyncSession, key_ids: Sequence[str]) -> bool:
+    """Whether some record is sealed under one of `key_ids`: a probe of the key-id index."""
+    if not key_ids:
+        return False
+    statement = select(ApiKeyRecord.key_id).where(ApiKeyRecord.key_id.in_(key_ids)).limit(1)
+    return (await session.execute(statement)).first() is not None
+
+
+async def make_only_active_verifier(
+    session: AsyncSession, key_id: str, verifier: bytes, now: datetime
+) -> None:
+    """Record `key_id` as the one active master key (new or revived), every other retired: what a
+    recovery does, when the master key it replaces is lost."""
+    insert = dialect_insert(session)
+    await session.execute(
+        insert(MasterKeyVerifier)
+        .values(key_id=key_id, verifier=verifier, created_at=now, retired_at=None)
+        .on_conflict_do_update(
+            index_elements=[MasterKeyVerifier.key_id],
+            set_={"retired_at": None},
+        )
+    )
+    await session.execute(
+        update(MasterKeyVerifier)
+        .where(MasterKeyVerifier.key_id != key_id, MasterKeyVerifier.retired_at.is_(None))
+        .values(retired_at=now),
+        execution_options=_NO_SYNC,
+    )
+
+
+async def lock_keyring(session: AsyncSession) -> None:
+    """Hold the deployment row until the transaction ends: every change to the keyring (a
+    rotation, a rewrap under a new wrapping key, a removal, a kit, a recovery) takes it first, so
+    none of them works from entries another is changing. An UPDATE rather than FOR UPDATE: on
+    SQLite it is the statement that opens the transaction and takes the single writer's lock."""
+    await session.execute(
+        update(Deployment).where(Deployment.id == 1).values(id=Deployment.id),
+        execution_options=_NO_SYNC,
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,7 +50,9 @@ class RewrapReport:
 class KeysReport:
     usage: list[KeyUsage]
     current_key_id: str
-    previous_key_ids: tuple[str, ...]  # in configuration order: #1 is index 0
+    previous_key_ids: tuple[str, ...]  # the previous master keys' ids in configuration order
+    keyring_ids: frozenset[str] = frozenset()  # root keys held by the keyring, not master keys
+    current_master_key_id: str | None = None
 
     @property
     def records_by_key_id(self) -> Counter[str]:
@@ -61,18 +63,40 @@ class KeysReport:
 
     @property
     def unneeded_previous(self) -> list[tuple[int, str]]:
-        """(position, key id) of configured previous keys no record is sealed under."""
+        """(position, key id) of configured previous keys no record needs: none is sealed under
+        them, or the keyring holds their root key wrapped."""
         used = self.records_by_key_id
         return [
             (position, key_id)
             for position, key_id in enumerate(self.previous_key_ids, start=1)
-            if used[key_id] == 0
+            if used[key_id] == 0 or key_id in self.keyring_ids
         ]
 
     @property
     def unconfigured(self) -> dict[str, int]:
-        known = {self.current_key_id, *self.previous_key_ids}
+        known = {self.current_key_id, *self.previous_key_ids, *self.keyring_ids}
+        known.add(self.current_master_key_id or self.current_key_id)
         return {k: n for k, n in self.records_by_key_id.items() if k not in known}
+
+    def role(self, key_id: str) -> str:
+        """What this process holds for `key_id`, as `keyvault keys status` names it."""
+        if key_id == self.current_key_id:
+            return "current"
+        if key_id in self.keyring_ids:
+            return "retired root key (in the keyring)"
+        if key_id in self.previous_key_ids:
+            return f"previous #{self.previous_key_ids.index(key_id) + 1}"
+        if key_id == self.current_master_key_id:
+            return "current master key (retired root key)"
+        return "NOT CONFIGURED: these records cannot be read"
+
+
+def previous_master_key_ids(keyring: Keyring) -> tuple[str, ...]:
+    """The configured previous master keys' ids, in order; for a keyring assembled without
+    naming them, every retired key it does not hold wrapped."""
+    if keyring.master_key_ids:
+        return keyring.master_key_ids[1:]
+    return tuple(k.key_id for k in keyring.previous if k.key_id not in keyring.sealed_ids)
 
 
 async def rewrap(
@@ -82,11 +106,16 @@ async def rewrap(
     batch_size: int = DEFAULT_BATCH_SIZE,
     dry_run: bool = False,
     on_batch: Callable[[int], None] = lambda _records: None,
+    lock: bool = True,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> RewrapReport:
     """Rewrap every record not under the current key and format; `dry_run` only opens them.
 
-    Every provider's keys: walks the table once in (sub, provider) order. Records that cannot be opened (key not configured, or
-    corrupt) are counted and left as they are; the walk moves past them, so it always ends.
+    Every provider's keys: walks the table once in (sub, provider) order. Records that cannot be
+    opened (key not configured, or corrupt) are counted and left as they are; the walk moves past
+    them, so it always ends. Without `lock` the batch's rows are read without row locks (one
+    rewrapper at a time, the service's; the compare-and-swap still lets a PUT win); `pace` is
+    awaited after each batch, outside its transaction.
     """
     report = RewrapReport()
     after: tuple[str, str] | None = None
@@ -98,7 +127,7 @@ async def rewrap(
                 FORMAT_VERSION,
                 after=after,
                 limit=batch_size,
-                lock=not dry_run,
+                lock=lock and not dry_run,
             )
             if not batch:
                 break
@@ -111,6 +140,8 @@ async def rewrap(
                 report.rewrapped += swapped
                 report.changed_meanwhile += len(swaps) - swapped
         on_batch(len(batch))
+        if pace is not None:
+            await pace(len(batch))
     report.remaining = await records_not_under_current_key(sessions, keyring)
     return report
 
@@ -151,8 +182,14 @@ async def records_not_under_current_key(
 async def keys_report(sessions: async_sessionmaker[AsyncSession], keyring: Keyring) -> KeysReport:
     async with session_scope(sessions) as session:
         usage = await repository.count_records_by_key(session)
-    previous = tuple(key.key_id for key in keyring.previous)
-    return KeysReport(usage, keyring.current.key_id, previous)
+    master = keyring.master_key_ids[0] if keyring.master_key_ids else None
+    previous = previous_master_key_ids(keyring)
+    held = frozenset(
+        k.key_id
+        for k in keyring.previous
+        if k.key_id in keyring.sealed_ids or k.key_id not in (*previous, master)
+    )
+    return KeysReport(usage, keyring.current.key_id, previous, held, master)
 
 
 async def log_unconfigured_key_ids(
@@ -180,7 +217,10 @@ def summary(report: RewrapReport, keyring: Keyring, *, dry_run: bool) -> str:
     problems = sum(report.unconfigured.values()) + len(report.corrupt)
     if problems:
         done += f"; {problems} could not be opened (see above)"
-    positions = {key.key_id: n for n, key in enumerate(keyring.previous, start=1)}
+    previous = previous_master_key_ids(keyring)
+    positions = {
+        key_id: n for n, key_id in enumerate(previous, start=1) if key_id not in keyring.sealed_ids
+    }
     still_needed = {k: n for k, n in report.remaining.items() if k in positions}
     if still_needed:
         needed = ", ".join(
@@ -188,7 +228,7 @@ def summary(report: RewrapReport, keyring: Keyring, *, dry_run: bool) -> str:
             for k, n in sorted(still_needed.items())
         )
         return f"{done}; still needed: {needed}"
-    if keyring.previous:
+    if previous:
         return (
             f"{done}; no record needs a previous key: MASTER_ENCRYPTION_KEY_PREVIOUS may be removed"
         )

@@ -1,10 +1,12 @@
-"""Moving a deployment from the env seal into an HSM, and what `keyvault seal status` reports.
+"""Moving a deployment from the env seal into an HSM.
 
 `migrate_to` opens the keyring with both the master key and the HSM seal, which adds a random
 root key wrapped by the HSM as the active key if no instance has yet; rewraps every record onto
 it (master_keys.rotation: batch by batch, resumable, a compare-and-swap against concurrent PUTs);
-then removes the entries derived from the master key, once no record is sealed under them. From
-then on the master key alone opens nothing in this database. Run again, it carries on where it
+then removes the entries derived from the master key, once no record is sealed under them,
+keeping their audit keys wrapped by the HSM (master_keys.root_rotation), so the audit events they
+linked stay verifiable without the master key. From then on the master key alone opens nothing
+in this database. Run again, it carries on where it
 stopped, and rewraps records that an instance still on the env seal wrote in the meantime.
 """
 
@@ -13,15 +15,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
-from keyvault.master_keys import keyring_repository, repository, rotation
+from keyvault.master_keys import keyring_repository, root_rotation, rotation
 from keyvault.master_keys.keyring import open_sealed
-from keyvault.master_keys.seals import Seal, SealError, SealKind
+from keyvault.master_keys.rekey import rewrap_keyring
+from keyvault.master_keys.seals import EnvSeal, Seal, SealError, SealKind
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -65,11 +68,13 @@ async def open_for_migration(
 async def migrate_to(
     sessions: Sessions,
     keyring: Keyring,
+    open_seal: Callable[[], Seal],
     *,
     batch_size: int = rotation.DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] = lambda _records: None,
 ) -> MigrationReport:
-    """Rewrap every record onto the keyring's current key, then remove the derived entries."""
+    """Rewrap every record onto the keyring's current key, then remove the derived entries;
+    `open_seal` opens the HSM seal for that last step (the rewrap does not need it)."""
     report = MigrationReport(keyring.current.key_id)
     for _ in range(REWRAP_PASSES):
         rewrap = await rotation.rewrap(sessions, keyring, batch_size=batch_size, on_batch=on_batch)
@@ -81,71 +86,35 @@ async def migrate_to(
         if sum(rewrap.remaining.values()) <= stuck:
             break
     async with session_scope(sessions) as session:
-        derived = [
+        derived = {
             entry.key_id
             for entry in await keyring_repository.list_root_keys(session)
-            if entry.seal == SealKind.env
-        ]
-        report.removed = await keyring_repository.remove_unused_root_keys(session, derived)
+            if entry.seal == SealKind.env and entry.retired_at is not None
+        }
+    removed: list[str] = []
+    if derived:
+        seal = open_seal()
+        try:
+            removed = await root_rotation.remove_emptied(
+                sessions, seal, _only(keyring, derived), retired_before=datetime.now(UTC)
+            )
+        finally:
+            seal.close()
+    report.removed = sorted(removed)
+    if keyring.master_key_ids:
+        # What the env seal still wraps (audit keys of keys removed before, random root keys
+        # still holding records) moves under the HSM too: the master key opens none of it then.
+        master = keyring.root(keyring.master_key_ids[0])
+        assert master is not None
+        seal = open_seal()
+        try:
+            async with session_scope(sessions) as session:
+                await rewrap_keyring(session, EnvSeal(master), seal)
+        finally:
+            seal.close()
     return report
 
 
-@dataclass(frozen=True, slots=True)
-class KeyringEntryStatus:
-    key_id: str
-    seal: str
-    created_at: datetime | None
-    retired_at: datetime | None
-    records: int
-    in_keyring: bool  # False: records name a key id that no keyring entry holds
-    opened: bool  # this process holds the key (unwrapped, or derived from a configured master key)
-
-    @property
-    def state(self) -> str:
-        if not self.in_keyring:
-            if self.opened:
-                return "previous master key (not in the keyring)"
-            return "NOT IN THE KEYRING: these records cannot be read"
-        if self.retired_at is None:
-            return "active"
-        if self.opened:
-            return "retired"
-        needs = " (needs MASTER_ENCRYPTION_KEY)" if self.seal == SealKind.env else ""
-        return f"retired, not opened{needs}"
-
-
-async def keyring_status(sessions: Sessions, keyring: Keyring) -> list[KeyringEntryStatus]:
-    """Each keyring entry with its record count, then the key ids records use but no entry holds."""
-    async with session_scope(sessions) as session:
-        entries = await keyring_repository.list_root_keys(session)
-        usage = await repository.count_records_by_key(session)
-    records: Counter[str] = Counter()
-    for entry in usage:
-        records[entry.key_id] += entry.records
-    listed = [
-        KeyringEntryStatus(
-            e.key_id,
-            e.seal,
-            e.created_at,
-            e.retired_at,
-            records[e.key_id],
-            in_keyring=True,
-            opened=keyring.root(e.key_id) is not None,
-        )
-        for e in entries
-    ]
-    known = {e.key_id for e in entries}
-    listed += [
-        KeyringEntryStatus(
-            key_id,
-            "-",
-            None,
-            None,
-            count,
-            in_keyring=False,
-            opened=keyring.root(key_id) is not None,
-        )
-        for key_id, count in sorted(records.items())
-        if key_id not in known
-    ]
-    return listed
+def _only(keyring: Keyring, key_ids: set[str]) -> Keyring:
+    """The keyring reduced to the current key and `key_ids`: what the removal may touch."""
+    return Keyring(keyring.current, tuple(k for k in keyring.previous if k.key_id in key_ids))

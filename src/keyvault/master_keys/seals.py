@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from keyvault.config import Settings
-from keyvault.crypto.keyring import env_wrapping_key, unwrap_with, wrap_with
+from keyvault.crypto.keyring import KeyPurpose, env_wrapping_key, unwrap_with, wrap_with
 from keyvault.crypto.records import RootKey
 
 
@@ -27,6 +27,14 @@ class SealError(Exception):
     """The seal cannot be used: one line, naming settings and labels, never a PIN or a key."""
 
 
+class KeyringUnwrapError(SealError):
+    def __init__(self, seal: Seal, key_id: str) -> None:
+        super().__init__(
+            f"the {seal.describe()} does not unwrap this database's keyring (root key "
+            f"{key_id}); it is not the key this deployment was sealed with; nothing was written"
+        )
+
+
 class Seal(Protocol):
     kind: SealKind
 
@@ -34,10 +42,10 @@ class Seal(Protocol):
         """Which seal this is, for logs and `keyvault seal status`; holds no secret."""
         ...
 
-    def wrap(self, material: bytes) -> bytes: ...
+    def wrap(self, material: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes: ...
 
-    def unwrap(self, wrapped: bytes) -> bytes:
-        """The root key's bytes; crypto.keyring.UnwrapError when this seal did not wrap them."""
+    def unwrap(self, wrapped: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
+        """The key's bytes; crypto.keyring.UnwrapError when this seal did not wrap them."""
         ...
 
     def close(self) -> None: ...
@@ -50,6 +58,7 @@ class EnvSeal:
 
     def __init__(self, root: RootKey) -> None:
         self._wrapping_key = env_wrapping_key(root)
+        self.master_key_id = root.key_id
 
     def __repr__(self) -> str:
         return "EnvSeal()"
@@ -57,11 +66,11 @@ class EnvSeal:
     def describe(self) -> str:
         return "env (MASTER_ENCRYPTION_KEY)"
 
-    def wrap(self, material: bytes) -> bytes:
-        return wrap_with(self._wrapping_key, self.kind, material)
+    def wrap(self, material: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
+        return wrap_with(self._wrapping_key, self.kind, material, purpose)
 
-    def unwrap(self, wrapped: bytes) -> bytes:
-        return unwrap_with(self._wrapping_key, self.kind, wrapped)
+    def unwrap(self, wrapped: bytes, purpose: KeyPurpose = KeyPurpose.root) -> bytes:
+        return unwrap_with(self._wrapping_key, self.kind, wrapped, purpose)
 
     def close(self) -> None:
         pass

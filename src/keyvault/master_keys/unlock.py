@@ -1,5 +1,14 @@
 """Unlocking the deployment under the env seal: derive the root key once and prove it is the one
-the data was sealed with. The keyring's entries for derived keys follow the verifiers."""
+the data was sealed with. The keyring's entries for derived keys follow the verifiers.
+
+A master-key rotation rewraps the keyring's wrapped entries under the new master key's wrapping
+key in the same transaction as the verifiers change. While the active root key is itself derived
+from a master key (a keyring that never had a root-key rotation), the new master key's derived
+key becomes the active one and the records move onto it (`keyvault rotate`, or the service's
+rewrap). Once the active root key is random, the rotation is the keyring's rewrap alone: the
+records stay as they are, and the derived keys still holding records are kept wrapped, so the old
+master key is needed no more.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from keyvault.crypto.records import Keyring, RootKey, new_deployment_salt
 from keyvault.db.engine import session_scope
 from keyvault.master_keys import keyring_repository, repository
-from keyvault.master_keys.seals import SealError, SealKind
+from keyvault.master_keys.rekey import rewrap_keyring
+from keyvault.master_keys.seals import EnvSeal, SealError, SealKind
 
 
 class MasterKeyMismatchError(Exception):
@@ -182,11 +192,14 @@ async def _unlock_once(
             salt, iterations = deployment.kdf_salt, deployment.kdf_iterations
         root, *olds = await derive_all((master_key, *previous), salt, iterations)
         verifiers = await repository.list_verifiers(session)
+        master_key_ids = (root.key_id, *(old.key_id for old in olds))
         if not verifiers and not olds:
             await repository.add_verifier(session, root.key_id, root.verifier(), now)
             if has_keyring:
-                await keyring_repository.add_root_key(session, root.key_id, SealKind.env, None, now)
-            return Keyring(root)
+                await keyring_repository.add_root_key(
+                    session, root.key_id, SealKind.env, None, now, material=root.material
+                )
+            return Keyring(root, master_key_ids=master_key_ids)
         active = await repository.active_key_ids(session)
         replaced = _replaced_by_rotation(root, olds, verifiers, active)
         if replaced is not None:
@@ -195,8 +208,25 @@ async def _unlock_once(
             ):
                 raise ActiveKeyChangedError()
             if has_keyring:
-                await keyring_repository.activate_env_root_key(session, root.key_id, now)
-        return Keyring(root, tuple(olds))
+                (replaced_root,) = (old for old in olds if old.key_id == replaced)
+                await _rekey(session, replaced_root, root, olds, now)
+        return Keyring(root, tuple(olds), master_key_ids=master_key_ids)
+
+
+async def _rekey(
+    session: AsyncSession, replaced: RootKey, root: RootKey, olds: list[RootKey], now: datetime
+) -> None:
+    """The keyring's side of a master-key rotation from `replaced` to `root` (see the module)."""
+    await repository.lock_keyring(session)
+    entries = await keyring_repository.list_root_keys(session)
+    active = next((entry for entry in entries if entry.active), None)
+    random_active = active is not None and not active.derived
+    derived = {key.key_id: key for key in (root, *olds)} if random_active else {}
+    await rewrap_keyring(session, EnvSeal(replaced), EnvSeal(root), derived=derived)
+    if not random_active:
+        await keyring_repository.activate_env_root_key(
+            session, root.key_id, now, material=root.material
+        )
 
 
 def _replaced_by_rotation(

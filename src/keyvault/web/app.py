@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -24,7 +26,9 @@ from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
-from keyvault.master_keys.keyring import open_keyring
+from keyvault.master_keys.keyring import open_keyring, seal_opener
+from keyvault.master_keys.live_keyring import LiveKeyring
+from keyvault.master_keys.maintenance import KeyringMaintenance, Schedule
 from keyvault.providers.providers_file import load_providers
 from keyvault.providers.validation import KeyValidator
 from keyvault.proxy.forwarding import Upstreams
@@ -116,9 +120,12 @@ def create_app(
     keyring: Keyring | None = None,
     *,
     freeze_startup_objects: bool = False,
+    maintain_keyring: bool = True,
 ) -> KeyvaultApp:
-    """The service. `keyring` lets tests skip re-deriving the root key for every app they build;
-    `freeze_startup_objects` is for a server process (see create_served_app)."""
+    """The service. `keyring` lets tests skip re-deriving the root key for every app they build
+    (such a keyring is kept as given: no reload, no rotation); `freeze_startup_objects` is for a
+    server process (see create_served_app); `maintain_keyring` False keeps the keyring's upkeep
+    (master_keys.maintenance) from running by itself: a test then runs its rounds."""
     settings = settings or get_settings()
     providers = load_providers(settings)  # a bad providers file stops here, before serving
     rate_limiter = RateLimiter.from_settings(settings)
@@ -139,12 +146,16 @@ def create_app(
             JwksCache(settings.jwks_url, settings.jwks_cache_seconds) if settings.jwks_url else None
         )
         unlocked = keyring
+        live: LiveKeyring | None = None
         audit = AuditTrail(
-            settings.database_url.get_secret_value(), timeouts, lambda: _unlocked(unlocked)
+            settings.database_url.get_secret_value(), timeouts, lambda: _unlocked(live)
         )
         writes = KeyWrites(engine, sessions, audit)
         validator = KeyValidator(settings.provider_timeout)
         upstreams = Upstreams(providers, settings.proxy_timeout)
+        # The upkeep's own engine: its rewrap walks may outlast a request's statement timeout.
+        upkeep_engine = create_engine(settings.database_url.get_secret_value(), pool_size=2)
+        upkeep: asyncio.Task[None] | None = None
         try:
             if unlocked is None:
                 # The seal's only use: after this, no request calls it (nor the HSM).
@@ -157,11 +168,20 @@ def create_app(
                         "seal": settings.seal,
                     },
                 )
+            maintenance = None
+            if keyring is None:
+                upkeep_sessions = create_sessionmaker(upkeep_engine)
+                opener = seal_opener(settings, unlocked)
+                live = LiveKeyring(unlocked, upkeep_sessions, opener)
+                schedule = Schedule(settings.root_key_rotation_days, settings.rewrap_rate)
+                maintenance = KeyringMaintenance(live, upkeep_sessions, opener, schedule)
+            else:
+                live = LiveKeyring(unlocked)
             app.keyvault = AppState(
                 sessions=sessions,
                 record_reader=reader,
                 record_counts=health_routes.record_counts(sessions),
-                keyring=unlocked,
+                keyring=live,
                 audit=audit,
                 key_writes=writes,
                 providers=providers,
@@ -172,7 +192,10 @@ def create_app(
                 rate_limiter=rate_limiter,
                 step_up=step_up,
                 metrics_token=settings.metrics_token,
+                maintenance=maintenance,
             )
+            if maintenance is not None and maintain_keyring:
+                upkeep = asyncio.create_task(maintenance.run(), name="keyring upkeep")
             log.info(
                 "keyvault started",
                 extra={
@@ -201,6 +224,10 @@ def create_app(
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
             app.keyvault = None
+            if upkeep is not None:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
             await writes.aclose()
             await validator.aclose()
             await upstreams.aclose()
@@ -210,6 +237,7 @@ def create_app(
             if jwks is not None:
                 await jwks.aclose()
             await engine.dispose()
+            await upkeep_engine.dispose()
 
     # Outermost first. Telemetry sits outside everything that can answer (429, 413, 503), and inside
     # RequestId so its log line carries the request id; HeadAsGet inside it, so that line says HEAD.
@@ -267,6 +295,6 @@ def _name_the_providers(schema: dict[str, Any], names: list[str]) -> None:
                     parameter["schema"] = {**parameter["schema"], "enum": list(names)}
 
 
-def _unlocked(keyring: Keyring | None) -> Keyring:
+def _unlocked(keyring: LiveKeyring | None) -> Keyring:
     assert keyring is not None, "the audit trail records nothing before the keyring is unlocked"
-    return keyring
+    return keyring.current

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyvault.db.engine import session_scope
-from keyvault.errors import Unauthorized
+from keyvault.errors import KeyringOutdated, Unauthorized
 from keyvault.keys import repository
 from keyvault.observability.metrics import RecordCounts, render
 from keyvault.web.key_routes import problems
@@ -43,6 +43,8 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> dict[str, str]:
     state = state_of(request.app)  # 503 until the keyring is open
+    if not state.keyring.fresh:
+        raise KeyringOutdated()
     async with session_scope(state.sessions) as session:
         await session.execute(text("SELECT 1"))
     return {"status": "ready"}

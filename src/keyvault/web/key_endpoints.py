@@ -182,7 +182,10 @@ async def read_api_key(
     audit: RequestAudit,
 ) -> Response:
     provider = known_provider(state, name)
-    body, etag = await service.get_api_key(state.record_reader, state.keyring, sub, provider.name)
+    keyring = state.keyring
+    body, etag = await service.get_api_key(
+        state.record_reader, keyring.current, sub, provider.name, reload=keyring.for_key_id
+    )
     audit.succeeded(key_version=body.version)
     await audit.settled()  # the key never leaves before its event is committed
     return key_response(body, etag)
@@ -220,7 +223,7 @@ async def put_api_key(
             raise refused
     result = await service.put_api_key_audited(
         state.key_writes,
-        state.keyring,
+        state.keyring.for_writing(),
         sub,
         provider.name,
         write,

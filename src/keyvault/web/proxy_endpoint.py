@@ -172,8 +172,13 @@ async def _serve(state: AppState, scope: Scope, receive: Receive, send: Send) ->
             raise PathNotProxied()
         call.path, path = upstream.destination(rest)
         has_body = heads.has_body(state.proxy_max_body_bytes)
+        keyring = state.keyring
         api_key, version = await service.key_for_use(
-            state.record_reader, state.keyring, sub, upstream.provider.name
+            state.record_reader,
+            keyring.current,
+            sub,
+            upstream.provider.name,
+            reload=keyring.for_key_id,
         )
         if not Provider.sendable(api_key.get_secret_value()):
             raise InvalidRequest(UNSENDABLE)

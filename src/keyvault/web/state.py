@@ -14,11 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from keyvault.audit.trail import AuditTrail
 from keyvault.auth.stepup import StepUpPolicy
 from keyvault.auth.tokens import TokenVerifier
-from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
 from keyvault.errors import ServiceUnavailable
 from keyvault.keys.repository import RecordReader
 from keyvault.keys.writes import KeyWrites
+from keyvault.master_keys.live_keyring import LiveKeyring
+from keyvault.master_keys.maintenance import KeyringMaintenance
 from keyvault.observability.metrics import RecordCounts
 from keyvault.providers.registry import Providers
 from keyvault.providers.validation import KeyValidator
@@ -33,7 +34,7 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     record_reader: RecordReader
     record_counts: RecordCounts
-    keyring: Keyring
+    keyring: LiveKeyring
     audit: AuditTrail
     key_writes: KeyWrites
     providers: Providers
@@ -44,6 +45,8 @@ class AppState:
     rate_limiter: RateLimiter
     step_up: StepUpPolicy
     metrics_token: SecretStr | None
+    # The keyring's upkeep (reload, scheduled rotation, rewrap); None for a keyring given by a test.
+    maintenance: KeyringMaintenance | None = None
 
 
 class HoldsState(Protocol):

@@ -1,9 +1,9 @@
 """proxied calls: audit events of calls through the provider proxy name the allowed path, the
 provider's status, the duration and the body bytes each way
 
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-12-06
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07
 """
 
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
