@@ -315,8 +315,34 @@ async def test_while_it_rewraps_an_instance_follows_another_rotation_and_rewraps
             assert state_of(app).keyring.current.current == second.current
             assert state_of(app).keyring.fresh
         finally:
-            upkeep.cancel()
-            await asyncio.gather(upkeep, return_exceptions=True)
+            maintenance.stop()
+            await asyncio.wait_for(upkeep, 10)
+
+
+async def test_stopping_ends_a_rewrap_after_its_batch_and_releases_the_lease(
+    empty_database_url: str,
+) -> None:
+    subs = [f"slow-{n:03d}" for n in range(300)]
+    await env_deployment(empty_database_url, OLD_KEY, subs)
+    first = await rotate_root(env_settings(empty_database_url, OLD_KEY))
+    async with _serving(empty_database_url) as (app, _):
+        maintenance = _maintenance(app, rate=50)
+        upkeep = asyncio.create_task(maintenance.run())
+        await _until(
+            lambda counts: counts[first.current.key_id] > 0, empty_database_url, "a rewrap"
+        )
+        maintenance.stop()
+        # Not cancelled: the batch in progress commits, the lease is given back.
+        await asyncio.wait_for(upkeep, 10)
+        assert not upkeep.cancelled()
+        counts = await records_by_key_id(empty_database_url)
+        assert 0 < counts[first.current.key_id] < len(subs)
+        async with open_sessions(empty_database_url) as sessions:
+            assert await lease.acquire(
+                sessions, "keyring", "another", timedelta(seconds=10), datetime.now(UTC)
+            )
+        keyring = await opened(env_settings(empty_database_url, OLD_KEY))
+        assert await open_all(empty_database_url, keyring) == {s: api_key_of(s) for s in subs}
 
 
 async def _until(condition: Callable[[Counter[str]], bool], database_url: str, what: str) -> None:

@@ -14,6 +14,7 @@ own, the records still under old keys are what is left to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -34,6 +35,9 @@ LEASE_NAME = "keyring"
 RELOAD_SECONDS = 5.0
 LEASE_TTL = timedelta(seconds=10)
 STUCK_RETRY_SECONDS = 300.0
+# How long a stopping service waits for the step in progress (a rewrap batch, a rotation) to end
+# before it cancels it; cancelled mid-statement, a connection can be left to the garbage collector.
+STOP_SECONDS = 10.0
 
 
 class LeaseLostError(Exception):
@@ -42,6 +46,10 @@ class LeaseLostError(Exception):
 
 class KeyringChangedError(Exception):
     """The active root key changed during a rewrap onto the one before it."""
+
+
+class StoppingError(Exception):
+    """The service is stopping: the rewrap ends after the batch it has written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +81,28 @@ class KeyringMaintenance:
         self.holder = uuid.uuid4().hex
         # After a pass that could rewrap nothing (records that do not open), the next waits.
         self._rewrap_after = 0.0
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        """Until cancelled: the keyring reloaded every RELOAD_SECONDS, and a round of upkeep as
+        """Until `stop`: the keyring reloaded every RELOAD_SECONDS, and a round of upkeep as
         often; each on its own, so a long rewrap never holds a reload back."""
         await asyncio.gather(self._every_round(self.live.reload), self._every_round(self.work))
 
+    def stop(self) -> None:
+        """`run` returns once the steps in progress have ended (a rewrap, after its batch)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when `stop` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def _every_round(self, step: Callable[[], Awaitable[object]]) -> None:
-        while True:
+        while not self.stopping:
             try:
                 await step()
             except asyncio.CancelledError:
@@ -91,7 +113,7 @@ class KeyringMaintenance:
                     type(error).__name__,
                     extra={"event": "keyring_maintenance_failed"},
                 )
-            await asyncio.sleep(RELOAD_SECONDS)
+            await self.pause(RELOAD_SECONDS)
 
     async def run_once(self) -> None:
         """One reload and one round of upkeep (what `run` repeats)."""
@@ -163,6 +185,8 @@ class KeyringMaintenance:
             )
         except KeyringChangedError:
             return  # another rotation: the next round rewraps onto the newer key
+        except StoppingError:
+            return  # what is left is still under the old key; the next start carries on
         if not report.rewrapped:
             self._rewrap_after = time.monotonic() + STUCK_RETRY_SECONDS
         log.info(
@@ -207,7 +231,9 @@ class _Pace:
         self._done += records
         ahead = self._done / self._rate - (time.monotonic() - self._started)
         if ahead > 0:
-            await asyncio.sleep(ahead)
+            await self._maintenance.pause(ahead)
+        if self._maintenance.stopping:
+            raise StoppingError()
         if time.monotonic() - self._renewed >= LEASE_TTL.total_seconds() / 3:
             if not await self._maintenance.take_lease():
                 raise LeaseLostError()

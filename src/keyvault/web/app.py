@@ -28,7 +28,7 @@ from keyvault.keys.writes import KeyWrites
 from keyvault.master_keys import rotation
 from keyvault.master_keys.keyring import open_keyring, seal_opener
 from keyvault.master_keys.live_keyring import LiveKeyring
-from keyvault.master_keys.maintenance import KeyringMaintenance, Schedule
+from keyvault.master_keys.maintenance import STOP_SECONDS, KeyringMaintenance, Schedule
 from keyvault.providers.providers_file import load_providers
 from keyvault.providers.validation import KeyValidator
 from keyvault.proxy.forwarding import Upstreams
@@ -156,6 +156,7 @@ def create_app(
         # The upkeep's own engine: its rewrap walks may outlast a request's statement timeout.
         upkeep_engine = create_engine(settings.database_url.get_secret_value(), pool_size=2)
         upkeep: asyncio.Task[None] | None = None
+        maintenance: KeyringMaintenance | None = None
         try:
             if unlocked is None:
                 # The seal's only use: after this, no request calls it (nor the HSM).
@@ -168,7 +169,6 @@ def create_app(
                         "seal": settings.seal,
                     },
                 )
-            maintenance = None
             if keyring is None:
                 upkeep_sessions = create_sessionmaker(upkeep_engine)
                 opener = seal_opener(settings, unlocked)
@@ -224,10 +224,10 @@ def create_app(
         finally:
             log.info("keyvault stopping", extra={"event": "shutdown"})
             app.keyvault = None
-            if upkeep is not None:
-                upkeep.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await upkeep
+            if upkeep is not None and maintenance is not None:
+                maintenance.stop()
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(upkeep, STOP_SECONDS)  # cancels it past that
             await writes.aclose()
             await validator.aclose()
             await upstreams.aclose()
