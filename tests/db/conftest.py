@@ -14,7 +14,7 @@ import pytest
 
 from keyvault.db.migrations import upgrade_to_head
 from keyvault.web.app import create_app
-from tests.conftest import bearer, key_path, make_settings, mint
+from tests.conftest import SERVICE_DATABASE_TIMEOUTS, bearer, key_path, make_settings, mint
 from tests.db.outage_support import (
     ALL,
     STORED_KEY,
@@ -45,7 +45,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 @pytest.fixture
 async def served(private_postgres: PrivatePostgres) -> AsyncIterator[Served]:
     """One app for the whole test: it must ride out the outage, not be rebuilt after it."""
-    application = create_app(make_settings(private_postgres.url, rate_limit=""))
+    settings = make_settings(private_postgres.url, rate_limit="", **SERVICE_DATABASE_TIMEOUTS)
+    application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://kv.test") as client:
