@@ -66,11 +66,11 @@ def free_port() -> int:
         return port
 
 
-def start(server: Server, workdir: Path) -> None:
+def start(server: Server, workdir: Path, cpu: str = SERVER_CPU) -> None:
     server.log = workdir / f"{server.name}.log"
     with server.log.open("ab") as log:
         server.process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *server.argv],
+            ["taskset", "-c", cpu, *server.argv],
             env=server.env,
             cwd=workdir,  # no developer's .env is read from here
             stdout=log,

@@ -15,9 +15,10 @@ import httpx
 from sqlalchemy import text
 
 from keyvault.audit import repository as audit_repository
-from keyvault.audit.events import ChainedEvent, Verification
+from keyvault.audit.events import ChainedEvent
 from keyvault.audit.repository import EventFilter
 from keyvault.audit.trail import verify_stored_chain
+from keyvault.audit.verification import Verification
 from keyvault.crypto.records import Keyring
 from keyvault.db.engine import create_engine, create_sessionmaker
 from keyvault.db.migrations import upgrade_to_head

@@ -35,7 +35,7 @@ MIN_SECRET_LENGTH: Final = 32
 MAX_JWT_LEEWAY_SECONDS: Final = 60
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
-STEP_UP_ACTION_NAMES: Final = frozenset({"read", "write", "delete"})
+STEP_UP_ACTION_NAMES: Final = frozenset({"read", "write", "delete", "use"})
 _CHALLENGE_TOKEN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     anthropic_base_url: str = "https://api.anthropic.com"
     providers_file: Path | None = None
     provider_timeout: float = Field(default=5, gt=0, le=60)
+    # The provider proxy: its wait to connect and between chunks, and the largest body it forwards.
+    proxy_timeout: float = Field(default=60, gt=0, le=3600)
+    proxy_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
 
     @field_validator("jwks_algorithms", mode="before")
     @classmethod

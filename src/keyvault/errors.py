@@ -77,6 +77,16 @@ class KeyExpired(NotFound):
         super().__init__("This API key has expired; store a new one to replace it.")
 
 
+class PathNotProxied(NotFound):
+    """A proxy path the provider's list does not allow, or one that could mean another path (`..`,
+    an encoded slash): refused before anything is sent upstream."""
+
+    slug, title = "path-not-proxied", "Path not proxied"
+
+    def __init__(self) -> None:
+        super().__init__("This provider path is not one keyvault forwards.")
+
+
 class PreconditionFailed(Problem):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
 
@@ -98,6 +108,16 @@ class TooManyRequests(Problem):
 
     def __init__(self, detail: str, retry_after_seconds: int) -> None:
         super().__init__(detail, {"Retry-After": str(retry_after_seconds)})
+
+
+class ClientClosedRequest(Problem):
+    """The caller went away before its proxied call ended (nginx's 499); never answered, only
+    audited and counted."""
+
+    status, slug, title = 499, "client-closed-request", "Client closed request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the call ended.")
 
 
 class RecordUndecryptable(Problem):

@@ -49,7 +49,15 @@ async def test_owner_sees_who_read_their_key_and_when(
         ("mailer", "mailer-svc", "get", "ok"),
         (unique_sub, None, "put", "ok"),
     ]
-    assert set(events[0]) == {"occurred_at", "actor", "client_id", "provider", "action", "outcome"}
+    assert set(events[0]) == {
+        "occurred_at",
+        "actor",
+        "client_id",
+        "provider",
+        "action",
+        "path",
+        "outcome",
+    }
 
 
 async def test_any_api_key_scope_of_the_owner_will_do(

@@ -14,8 +14,8 @@ from keyvault.audit.events import (
     head_mac,
     link_events,
     outcome_for_status,
-    verify_chain,
 )
+from keyvault.audit.verification import verify_chain
 from keyvault.crypto.records import RootKey
 
 ROOT = RootKey.derive("audit-test-master-key-0123456789abcdef", b"\x01" * 16, 1000)

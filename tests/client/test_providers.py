@@ -1,8 +1,8 @@
 """openai_client and anthropic_client: the official SDKs, pointed at keyvault's provider proxy.
 
-The proxy itself (`/proxy/{provider}/…`) is not served yet, so these tests check what each SDK
-sends, over real HTTP, to a local server standing in for keyvault: the proxy's base URL, the
-keyvault token where the SDK puts its key, and the user in `X-Keyvault-User`, percent-encoded.
+These tests check what each SDK sends, over real HTTP, to a local server standing in for keyvault:
+the proxy's base URL, the keyvault token where the SDK puts its key, and the user in
+`X-Keyvault-User`, percent-encoded. tests/web/test_proxy_sdks.py calls the real proxy with them.
 """
 
 from __future__ import annotations

@@ -96,6 +96,8 @@ async def test_downgrade_refuses_to_drop_wrapped_root_keys(empty_database_url: s
         await keyring_repository.add_root_key(
             session, "00" * 8, "pkcs11", bytes(61), now, material=bytes(32)
         )
+    # Down to the keyring's own revision first: SQLite commits each later revision's downgrade
+    # (its DDL) before this one refuses.
     await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0006")
     before = await database_contents(empty_database_url)
 
@@ -116,6 +118,8 @@ async def test_downgrade_refuses_to_drop_the_audit_keys_of_removed_root_keys(
             .where(RootKeyEntry.key_id == entry.key_id)
             .values(purpose="audit", wrapped=bytes(61))
         )
+    # Down to the rotation's own revision first, as above.
+    await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0007")
     before = await database_contents(empty_database_url)
 
     with pytest.raises(RuntimeError, match="keeps audit keys of removed root keys"):

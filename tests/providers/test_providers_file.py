@@ -9,7 +9,12 @@ import pytest
 
 from keyvault.config import ConfigurationError, Settings
 from keyvault.providers.providers_file import load_providers
-from keyvault.providers.registry import Provider, provider_name_problem
+from keyvault.providers.registry import (
+    ANTHROPIC_PROXY_PATHS,
+    OPENAI_PROXY_PATHS,
+    Provider,
+    provider_name_problem,
+)
 from keyvault.web.app import create_app
 from tests.cli.test_cli import assert_one_line_failure, keyvault, service_env
 from tests.conftest import make_settings
@@ -39,7 +44,9 @@ def test_the_built_in_providers_send_the_key_their_own_way(tmp_path: Path) -> No
     providers = load_providers(_settings(tmp_path))
     openai, anthropic = providers.get("openai"), providers.get("anthropic")
     assert providers.names == ["openai", "anthropic"]
-    assert openai == Provider("openai", "https://api.openai.com/v1", "models")
+    assert openai == Provider(
+        "openai", "https://api.openai.com/v1", "models", proxy_paths=OPENAI_PROXY_PATHS
+    )
     assert openai.url(openai.validation_path) == "https://api.openai.com/v1/models"
     assert openai.key_headers("sk-1") == [("authorization", "Bearer sk-1")]
     assert anthropic is not None
@@ -80,6 +87,59 @@ def test_a_providers_file_adds_providers(tmp_path: Path) -> None:
     assert acme is not None
     assert acme.url(acme.validation_path) == "http://llm.acme.internal:8080/v2/whoami"
     assert acme.key_headers("k") == [("acme-version", "2024-06-01"), ("x-acme-key", "k")]
+
+
+def test_the_built_in_providers_proxy_their_listed_paths(tmp_path: Path) -> None:
+    providers = load_providers(_settings(tmp_path))
+    assert [p.proxy_paths for p in providers] == [OPENAI_PROXY_PATHS, ANTHROPIC_PROXY_PATHS]
+    assert "chat/completions" in OPENAI_PROXY_PATHS
+    assert "audio/*" in OPENAI_PROXY_PATHS
+    assert ANTHROPIC_PROXY_PATHS == ("v1/messages", "v1/messages/count_tokens", "v1/models")
+
+
+def test_a_providers_file_lists_what_the_proxy_forwards(tmp_path: Path) -> None:
+    text = (
+        GOOD
+        + 'proxy_paths = ["/v2/chat", "v2/files/*", "v2/chat"]\n'
+        + '[providers.openai]\nproxy_paths = ["embeddings"]\n'
+        + "[providers.anthropic]\nproxy_paths = []\n"
+    )
+    providers = load_providers(_settings(tmp_path, text))
+    assert providers.names == ["openai", "anthropic", "mistral", "acme"]
+    by_name = {p.name: p for p in providers}
+    assert by_name["acme"].proxy_paths == ("v2/chat", "v2/files/*")
+    assert by_name["mistral"].proxy_paths == ()  # none unless listed
+    assert by_name["openai"].proxy_paths == ("embeddings",)
+    assert by_name["openai"].base_url == "https://api.openai.com/v1"
+    assert by_name["anthropic"].proxy_paths == ()
+
+
+_ENTRY = '[providers.m]\nbase_url = "https://m.example"\nvalidation_path = "m"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (_ENTRY + 'proxy_paths = "chat"', "proxy_paths must be a list of at most 64 paths"),
+        (_ENTRY + f"proxy_paths = {['p'] * 65}", "proxy_paths must be a list of at most 64"),
+        (_ENTRY + "proxy_paths = [1]", "proxy_paths: 1 must be a non-empty string"),
+        (_ENTRY + 'proxy_paths = [""]', "proxy_paths: '' must be a non-empty string"),
+        (_ENTRY + 'proxy_paths = ["a/../b"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["a/./b"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["a//b"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["a/*/b"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["*"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["a?b=1"]', "must be path segments"),
+        (_ENTRY + 'proxy_paths = ["a%2Fb"]', "must be path segments"),
+        (_ENTRY + f'proxy_paths = ["{"a" * 129}"]', "must be 1 to 128 characters"),
+        ('[providers.openai]\nproxy_paths = ["x"]\nkey_header = "y"', "only its proxy_paths"),
+    ],
+)
+def test_bad_proxy_paths_are_refused_in_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_providers(_settings(tmp_path, text))
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

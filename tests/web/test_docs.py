@@ -195,8 +195,9 @@ async def test_the_provider_parameter_takes_the_configured_providers(
     assert {path for _, path in schemas} == {
         "/users/{sub}/api-keys/{provider}",
         "/users/{sub}/api-keys/{provider}/status",
+        "/proxy/{provider}/{path}",
     }
-    assert len(schemas) == 4
+    assert len(schemas) == 4 + 5  # the key routes' operations, and each method of the proxy
     assert all(schema["enum"] == ["openai", "anthropic"] for schema in schemas.values())
     providers_file = tmp_path / "providers.toml"
     providers_file.write_text(

@@ -3,8 +3,8 @@
     audit key  = HKDF(root key, info = "keyvault/audit")       per master key, named by its key id
     link(n)    = HMAC-SHA256(audit key, link(n-1) ‖ canonical(event n))       link(0) = 32 zeros
     canonical  = compact JSON, sorted keys, of every stored field but the link, seq and key id included;
-                 `provider` and `validation` only when set, so events from before they existed
-                 hash as they did then
+                 the OPTIONAL_FIELDS (provider, validation, a proxied call's) only when set, so
+                 events from before they existed hash as they did then
     head MAC   = HMAC-SHA256(audit key, "keyvault/audit-head" ‖ seq ‖ link)   of the last event
 
 Every event names the key id of the root key that linked it, so the chain stays verifiable across
@@ -13,7 +13,8 @@ lets `verify` notice a chain cut short at its tail; restoring an old copy of the
 with the cut is the one edit it cannot see, which is what the JSON log lines are a witness against.
 
 Someone with write access to the database alone cannot compute a link, so any edited, inserted or
-removed event breaks the chain at the first place it touched. This module does no I/O.
+removed event breaks the chain at the first place it touched (keyvault.audit.verification walks
+it). This module does no I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hmac
 import json
 import struct
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,6 +32,7 @@ from typing import Any, Final
 from keyvault.crypto.records import RootKey
 from keyvault.db.models import (
     AUDIT_ADDRESS_LENGTH,
+    AUDIT_PATH_LENGTH,
     AUDIT_REQUEST_ID_LENGTH,
     AUDIT_USER_AGENT_LENGTH,
     AUDIT_VALIDATION_LENGTH,
@@ -38,6 +40,7 @@ from keyvault.db.models import (
     SUB_MAX_LENGTH,
 )
 from keyvault.errors import (
+    ClientClosedRequest,
     KeyExpired,
     KeyRejectedByProvider,
     Problem,
@@ -56,6 +59,7 @@ class Action(StrEnum):
     status = "status"
     delete = "delete"
     list = "list"
+    use = "use"  # a call through the provider proxy
     rotate = "rotate"
     import_ = "import"
     recovery_kit = "recovery_kit"
@@ -73,6 +77,7 @@ class Outcome(StrEnum):
     expired = "expired"
     rejected_by_provider = "rejected_by_provider"
     provider_unavailable = "provider_unavailable"
+    cancelled = "cancelled"  # the caller went away before its proxied call ended
     error = "error"
 
 
@@ -101,6 +106,8 @@ def outcome_for(problem: Problem) -> Outcome:
         return Outcome.rejected_by_provider
     if isinstance(problem, ProviderUnavailable | ProviderTimeout):
         return Outcome.provider_unavailable
+    if isinstance(problem, ClientClosedRequest):
+        return Outcome.cancelled
     return outcome_for_status(problem.status)
 
 
@@ -121,6 +128,11 @@ class AuditEvent:
     user_agent: str | None = None
     provider: str | None = None
     validation: str | None = None
+    path: str | None = None  # a proxied call's: the allowed path it matched, never the path itself
+    upstream_status: int | None = None
+    duration_ms: int | None = None
+    request_bytes: int | None = None
+    response_bytes: int | None = None
 
     @classmethod
     def create(
@@ -137,6 +149,7 @@ class AuditEvent:
         user_agent: str | None = None,
         provider: str | None = None,
         validation: str | None = None,
+        call: UpstreamCall | None = None,
         occurred_at: datetime | None = None,
     ) -> AuditEvent:
         """An event whose text fields are cleaned and cut to what their columns hold."""
@@ -153,7 +166,36 @@ class AuditEvent:
             user_agent=_clean(user_agent, AUDIT_USER_AGENT_LENGTH),
             provider=_clean(provider, PROVIDER_NAME_MAX_LENGTH),
             validation=_clean(validation, AUDIT_VALIDATION_LENGTH),
+            path=_clean(call.path, AUDIT_PATH_LENGTH) if call is not None else None,
+            upstream_status=call.upstream_status if call is not None else None,
+            duration_ms=call.duration_ms if call is not None else None,
+            request_bytes=call.request_bytes if call is not None else None,
+            response_bytes=call.response_bytes if call is not None else None,
         )
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """What an audit event says of a call through the provider proxy, filled in as it goes; no
+    body, header or URL, only the allowed path it matched."""
+
+    path: str | None = None
+    upstream_status: int | None = None
+    duration_ms: int | None = None
+    request_bytes: int | None = None
+    response_bytes: int | None = None
+
+
+# Left out of the hash when empty: an event linked before these fields existed hashes as it did.
+OPTIONAL_FIELDS: Final = (
+    "provider",
+    "validation",
+    "path",
+    "upstream_status",
+    "duration_ms",
+    "request_bytes",
+    "response_bytes",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +210,7 @@ class ChainedEvent:
     def row(self) -> dict[str, Any]:
         return {
             **_fields(self.event),
-            "provider": self.event.provider,
-            "validation": self.event.validation,
+            **{name: getattr(self.event, name) for name in OPTIONAL_FIELDS},
             "seq": self.seq,
             "key_id": self.key_id,
             "link": self.link,
@@ -218,134 +259,15 @@ class ChainHead:
     mac: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Verification:
-    events_checked: int
-    problem: str | None
-    first_bad_seq: int | None = None
-
-    @property
-    def intact(self) -> bool:
-        return self.problem is None
-
-
-def verify_chain(
-    events: Iterable[ChainedEvent], head: ChainHead | None, key_for: Callable[[str], RootKey | None]
-) -> Verification:
-    """Walk `events` in sequence order; report the first one that was edited, inserted or removed.
-
-    `key_for` maps a key id to its root key (None when that master key is not configured).
-    """
-    verifier = ChainVerifier(key_for)
-    for stored in events:
-        broken = verifier.feed(stored)
-        if broken is not None:
-            return broken
-    return verifier.finish(head)
-
-
-class ChainVerifier:
-    """`verify_chain` one event at a time, so a long trail is checked without holding it all."""
-
-    def __init__(
-        self,
-        key_for: Callable[[str], RootKey | None],
-        audit_keys: Mapping[str, bytes] | None = None,
-    ) -> None:
-        """`key_for` gives the root keys; `audit_keys` the audit keys kept for removed ones."""
-        self._key_for = key_for
-        self._keys: dict[str, bytes] = dict(audit_keys or {})
-        self._previous = GENESIS_LINK
-        self._expected_seq = 1
-        self.checked = 0
-
-    def feed(self, stored: ChainedEvent) -> Verification | None:
-        """None while the chain holds; the first problem otherwise."""
-        expected_seq, checked = self._expected_seq, self.checked
-        if stored.seq > expected_seq:
-            return _broken(
-                checked, expected_seq, f"events {expected_seq}..{stored.seq - 1} were removed"
-            )
-        if stored.seq < expected_seq:
-            return _broken(checked, stored.seq, f"event {stored.seq} is out of order")
-        event_key = self._key(stored.key_id)
-        if event_key is None:
-            return _broken(
-                checked,
-                stored.seq,
-                f"event {stored.seq} was linked under root key id {stored.key_id}, which this "
-                "configuration does not hold; it cannot be checked",
-            )
-        expected = chain_link(event_key, self._previous, stored.seq, stored.key_id, stored.event)
-        if not hmac.compare_digest(expected, stored.link):
-            return _broken(
-                checked,
-                stored.seq,
-                f"event {stored.seq} was edited or inserted (its link does not verify)",
-            )
-        self._previous, self._expected_seq, self.checked = (
-            stored.link,
-            expected_seq + 1,
-            checked + 1,
-        )
-        return None
-
-    def finish(self, head: ChainHead | None) -> Verification:
-        """After the last event: does the head row agree that the chain ends here?"""
-        return _check_head(self.checked, self._expected_seq - 1, self._previous, head, self._key)
-
-    def _key(self, key_id: str) -> bytes | None:
-        if key_id not in self._keys:
-            root = self._key_for(key_id)
-            if root is None:
-                return None
-            self._keys[key_id] = audit_key(root)
-        return self._keys[key_id]
-
-
-def _check_head(
-    checked: int,
-    last_seq: int,
-    last_link: bytes,
-    head: ChainHead | None,
-    key: Callable[[str], bytes | None],
-) -> Verification:
-    if head is None:
-        return _broken(checked, last_seq + 1, "the chain head row is missing")
-    if head.seq > last_seq:
-        return _broken(
-            checked, last_seq + 1, f"events {last_seq + 1}..{head.seq} were removed from the end"
-        )
-    if head.seq < last_seq:
-        return _broken(
-            checked, head.seq + 1, f"events after {head.seq} were appended outside the chain"
-        )
-    if not hmac.compare_digest(head.link, last_link):
-        return _broken(checked, last_seq, "the chain head does not match the last event")
-    if head.seq == 0 and head.mac is None:
-        return Verification(checked, None)
-    head_key = key(head.key_id) if head.key_id is not None else None
-    if head_key is None or head.mac is None:
-        return _broken(checked, last_seq, "the chain head's MAC cannot be checked")
-    if not hmac.compare_digest(head_mac(head_key, head.seq, head.link), head.mac):
-        return _broken(checked, last_seq, "the chain head was rewritten")
-    return Verification(checked, None)
-
-
-def _broken(checked: int, seq: int, problem: str) -> Verification:
-    return Verification(checked, problem, seq)
-
-
 def _canonical_fields(seq: int, key_id: str, event: AuditEvent) -> dict[str, Any]:
     fields = _fields(event)
     fields["occurred_at"] = _timestamp(event.occurred_at)
     fields["seq"] = seq
     fields["key_id"] = key_id
-    # Left out when empty: an event linked before these fields existed hashes as it did then.
-    if event.provider is not None:
-        fields["provider"] = event.provider
-    if event.validation is not None:
-        fields["validation"] = event.validation
+    for name in OPTIONAL_FIELDS:
+        value = getattr(event, name)
+        if value is not None:
+            fields[name] = value
     return fields
 
 
@@ -392,7 +314,6 @@ def event_from_row(row: Mapping[Any, Any]) -> ChainedEvent:
         request_id=row["request_id"],
         client_address=row["client_address"],
         user_agent=row["user_agent"],
-        provider=row["provider"],
-        validation=row["validation"],
+        **{name: row[name] for name in OPTIONAL_FIELDS},
     )
     return ChainedEvent(row["seq"], row["key_id"], bytes(row["link"]), event)

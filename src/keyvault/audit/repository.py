@@ -70,20 +70,25 @@ async def append(
     return chained
 
 
+# audit_events' columns in the order _columns gives them, and their values as one array each ($1 on).
+_EVENT_COLUMNS: Final = """seq, occurred_at, actor, client_id, action, target, outcome,
+    key_version, request_id, client_address, user_agent, key_id, link, provider, validation,
+    path, upstream_status, duration_ms, request_bytes, response_bytes"""
+_EVENT_ARRAYS: Final = """$1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[], $11::text[], $12::text[],
+    $13::bytea[], $14::text[], $15::text[], $16::text[], $17::integer[], $18::integer[],
+    $19::bigint[], $20::bigint[]"""
+
 # The head's compare-and-swap and the events' insert in one statement: the events go in only if
 # the swap happened. They travel as one array per column, which asyncpg encodes without JSON.
-_APPEND_AFTER = """
+_APPEND_AFTER = f"""
     WITH head AS (
-        UPDATE audit_head SET seq = $16, link = $17, key_id = $18, mac = $19
-        WHERE id = $20 AND seq = $21 AND link = $22
+        UPDATE audit_head SET seq = $21, link = $22, key_id = $23, mac = $24
+        WHERE id = $25 AND seq = $26 AND link = $27
         RETURNING 1
     )
-    INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
-                              key_version, request_id, client_address, user_agent, key_id, link,
-                              provider, validation)
-    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::bytea[], $14::text[], $15::text[])
+    INSERT INTO audit_events ({_EVENT_COLUMNS})
+    SELECT * FROM unnest({_EVENT_ARRAYS})
     WHERE EXISTS (SELECT 1 FROM head)
 """
 
@@ -137,6 +142,11 @@ def _columns(chained: Sequence[ChainedEvent]) -> list[list[Any]]:
             item.link,
             item.event.provider,
             item.event.validation,
+            item.event.path,
+            item.event.upstream_status,
+            item.event.duration_ms,
+            item.event.request_bytes,
+            item.event.response_bytes,
         )
         for item in chained
     ]
@@ -210,16 +220,12 @@ async def list_events(
 
 _CLAIM_SQL = "UPDATE audit_head SET seq = seq + $1 WHERE id = $2 RETURNING seq, link"
 # The events and the head's new link in one statement: a round trip fewer while the head is held.
-_INSERT_EVENTS_SQL = """
+_INSERT_EVENTS_SQL = f"""
     WITH inserted AS (
-        INSERT INTO audit_events (seq, occurred_at, actor, client_id, action, target, outcome,
-                                  key_version, request_id, client_address, user_agent, key_id,
-                                  link, provider, validation)
-        SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                             $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
-                             $11::text[], $12::text[], $13::bytea[], $14::text[], $15::text[])
+        INSERT INTO audit_events ({_EVENT_COLUMNS})
+        SELECT * FROM unnest({_EVENT_ARRAYS})
     )
-    UPDATE audit_head SET link = $16, key_id = $17, mac = $18 WHERE id = $19
+    UPDATE audit_head SET link = $21, key_id = $22, mac = $23 WHERE id = $24
 """
 
 

@@ -31,13 +31,13 @@ from keyvault.audit.events import (
     AuditEvent,
     ChainedEvent,
     ChainHead,
-    ChainVerifier,
     Outcome,
-    Verification,
+    UpstreamCall,
     audit_key,
     outcome_for,
 )
 from keyvault.audit.repository import ChainHeadMissingError, Executor
+from keyvault.audit.verification import ChainVerifier, Verification
 from keyvault.crypto.records import Keyring, RootKey
 from keyvault.db.batching import Batch, BatchQueue, fail
 from keyvault.db.engine import Timeouts, create_engine, is_database_outage
@@ -214,10 +214,19 @@ class RequestAudit:
     It reads the request from its ASGI scope: `path_params["sub"]` is the target, and the state's
     `principal` (once authenticated) the actor. `provider` names the key's provider (None for a
     request about all of a user's keys); `validation` is what the provider said of a key checked
-    on save, once it was asked.
+    on save, once it was asked; `call` what a call through the provider proxy did.
     """
 
-    __slots__ = ("_action", "_pending", "_provider", "_scope", "_trail", "recorded", "validation")
+    __slots__ = (
+        "_action",
+        "_pending",
+        "_provider",
+        "_scope",
+        "_trail",
+        "call",
+        "recorded",
+        "validation",
+    )
 
     def __init__(
         self,
@@ -233,6 +242,7 @@ class RequestAudit:
         self._pending: asyncio.Future[ChainedEvent] | None = None
         self.recorded = False
         self.validation: str | None = None
+        self.call: UpstreamCall | None = None
 
     def succeeded(self, *, key_version: int | None) -> None:
         """A read: its event goes to the group commit now; `settled` waits for that commit."""
@@ -255,11 +265,12 @@ class RequestAudit:
         that committed: a failed commit takes the event with it, and the failure needs its own."""
         await self._trail.record_in(session, self._event(Outcome.ok, key_version))
 
-    async def failed(self, error: Exception) -> None:
-        """The request ends without success: a refusal (a `Problem`) or an error."""
+    async def failed(self, error: Exception, *, key_version: int | None = None) -> None:
+        """The request ends without success: a refusal (a `Problem`) or an error; `key_version`
+        names the key a proxied call that failed was made with."""
         outcome = outcome_for(error) if isinstance(error, Problem) else Outcome.error
         self.recorded = True
-        await self._trail.record(self._event(outcome, None))
+        await self._trail.record(self._event(outcome, key_version))
 
     def _event(self, outcome: Outcome, key_version: int | None) -> AuditEvent:
         scope = self._scope
@@ -282,4 +293,5 @@ class RequestAudit:
             user_agent=user_agent,
             provider=self._provider,
             validation=self.validation,
+            call=self.call,
         )

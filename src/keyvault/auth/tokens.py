@@ -38,6 +38,7 @@ class Scope(StrEnum):
     read = "api-key:read"
     write = "api-key:write"
     delete = "api-key:delete"
+    use = "api-key:use"  # calls through the provider proxy; never the plaintext
     any_user = "users:any"
     audit_read = "audit:read"
 
@@ -175,7 +176,8 @@ def is_service(principal: Principal) -> bool:
 @dataclass(frozen=True, slots=True)
 class Access:
     """What a route asks of its caller: one of `scopes` for the path's sub (plus `users:any` for
-    someone else's), and the step-up policy of the `step_up` action ("read", "write", "delete")."""
+    someone else's), and the step-up policy of the `step_up` action ("read", "write", "delete",
+    "use")."""
 
     scopes: tuple[Scope, ...]
     step_up: str | None = None
@@ -184,8 +186,10 @@ class Access:
 READ_ACCESS: Final = Access((Scope.read,), step_up="read")
 WRITE_ACCESS: Final = Access((Scope.write,), step_up="write")
 DELETE_ACCESS: Final = Access((Scope.delete,), step_up="delete")
-# Seeing whether a key exists, or who used it, takes any of the three key scopes.
-ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete))
+# Calling the provider with the key (keyvault.proxy): `api-key:read` does not imply it.
+USE_ACCESS: Final = Access((Scope.use,), step_up="use")
+# Seeing whether a key exists, or who used it, takes any of the key scopes.
+ANY_KEY_ACCESS: Final = Access((Scope.read, Scope.write, Scope.delete, Scope.use))
 
 
 def check_access(

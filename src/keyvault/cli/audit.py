@@ -6,8 +6,8 @@ import asyncio
 
 import typer
 
-from keyvault.audit.events import Verification
 from keyvault.audit.trail import verify_stored_chain
+from keyvault.audit.verification import Verification
 from keyvault.cli.common import fail, one_line_failures, unlocked
 from keyvault.config import Settings, load_settings
 from keyvault.master_keys.keyring import kept_audit_keys, seal_opener

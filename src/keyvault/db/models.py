@@ -143,6 +143,7 @@ AUDIT_REQUEST_ID_LENGTH = 128
 AUDIT_ADDRESS_LENGTH = 64
 AUDIT_USER_AGENT_LENGTH = 256
 AUDIT_VALIDATION_LENGTH = 16
+AUDIT_PATH_LENGTH = 128
 
 
 class AuditEventRecord(Base):
@@ -168,6 +169,13 @@ class AuditEventRecord(Base):
     provider: Mapped[str | None] = mapped_column(String(PROVIDER_NAME_MAX_LENGTH))
     # What the provider said of the key when a PUT asked it first (?validate=true).
     validation: Mapped[str | None] = mapped_column(String(AUDIT_VALIDATION_LENGTH))
+    # A call through the provider proxy: the allowed path it matched (never the path itself), the
+    # provider's status, how long the call took and the body bytes each way. Empty otherwise.
+    path: Mapped[str | None] = mapped_column(String(AUDIT_PATH_LENGTH))
+    upstream_status: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    request_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    response_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AuditHead(Base):

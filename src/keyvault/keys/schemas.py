@@ -213,6 +213,16 @@ class AuditEventRead(BaseModel):
         description="What the provider said of a key checked on save (`?validate=true`): passed,"
         " rejected, unreachable, timeout or provider_error."
     )
+    path: str | None = Field(
+        description="A call through the provider proxy: the allowed path it matched (as the"
+        " providers list it, e.g. `chat/completions` or `audio/*`), never the path itself."
+    )
+    upstream_status: int | None = Field(description="A proxied call: the provider's status.")
+    duration_ms: int | None = Field(description="A proxied call: how long it took, in ms.")
+    request_bytes: int | None = Field(description="A proxied call: request body bytes sent on.")
+    response_bytes: int | None = Field(
+        description="A proxied call: response body bytes passed back."
+    )
     request_id: str | None
     client_address: str | None
     user_agent: str | None
@@ -228,7 +238,8 @@ class AccessLogEntry(BaseModel):
     actor: str | None = Field(description="Who used the key (their `sub`).")
     client_id: str | None = Field(description="Through which service.")
     provider: str | None = Field(description="Which of the user's keys; empty when about all.")
-    action: str
+    action: str = Field(description="`use` for a call through the provider proxy, `get` a read, …")
+    path: str | None = Field(description="A proxied call: the allowed path it matched.")
     outcome: str
 
 

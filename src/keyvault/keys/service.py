@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyvault.audit.events import AuditEvent
@@ -17,7 +18,7 @@ from keyvault.keys import repository
 from keyvault.keys.preconditions import Precondition
 from keyvault.keys.put import PutJob, WriteResult, apply_put, etag_for, status_of
 from keyvault.keys.record_writes import SessionRecordWrites
-from keyvault.keys.repository import NewRecord
+from keyvault.keys.repository import NewRecord, RecordState
 from keyvault.keys.schemas import ApiKeyRead, ApiKeyWrite, KeyList, KeyStatus
 from keyvault.keys.writes import KeyWrites
 from keyvault.observability import metrics
@@ -83,6 +84,41 @@ async def get_api_key(
 
     A record under a key id the keyring lacks may have been sealed by another instance under a
     root key it has just rotated to: `reload` gives the keyring re-read for that key id."""
+    api_key, state = await _open(records, keyring, sub, provider, reload)
+    body = ApiKeyRead(
+        sub=sub,
+        provider=provider,
+        api_key=api_key,
+        last4=state.last4 or None,
+        label=state.label,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        expires_at=state.expires_at,
+        version=state.version,
+    )
+    return body, etag_for(state)
+
+
+async def key_for_use(
+    records: repository.RecordReader,
+    keyring: Keyring,
+    sub: str,
+    provider: str,
+    *,
+    reload: Callable[[str], Awaitable[Keyring]] | None = None,
+) -> tuple[SecretStr, int]:
+    """The key and its version, for the provider proxy to send on; refused as get_api_key is."""
+    api_key, state = await _open(records, keyring, sub, provider, reload)
+    return SecretStr(api_key), state.version
+
+
+async def _open(
+    records: repository.RecordReader,
+    keyring: Keyring,
+    sub: str,
+    provider: str,
+    reload: Callable[[str], Awaitable[Keyring]] | None,
+) -> tuple[str, RecordState]:
     record = await records.get_record(sub, provider)
     if record is None:
         raise NotFound(NO_KEY)
@@ -116,18 +152,7 @@ async def get_api_key(
         raise RecordUndecryptable(
             "The stored key failed its integrity check; it was altered or copied from another user or provider."
         ) from None
-    body = ApiKeyRead(
-        sub=sub,
-        provider=provider,
-        api_key=api_key,
-        last4=state.last4 or None,
-        label=state.label,
-        created_at=state.created_at,
-        updated_at=state.updated_at,
-        expires_at=state.expires_at,
-        version=state.version,
-    )
-    return body, etag_for(state)
+    return api_key, state
 
 
 async def get_status(

@@ -85,6 +85,32 @@ KEY_VALIDATIONS = Counter(
     "Keys checked with their provider on save (PUT ?validate=true), by provider and verdict.",
     ["provider", "verdict"],
 )
+# A provider call takes from milliseconds to minutes (a long completion, a stream).
+PROXY_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+PROXY_CALLS = Counter(
+    "keyvault_proxy_calls",
+    "Calls through the provider proxy that got as far as the user's key, by provider, the status"
+    " the caller got (the provider's, or keyvault's 413, 502, 504; 499 when the caller went away)"
+    " and the audit outcome.",
+    ["provider", "status", "outcome"],
+)
+PROXY_DURATION = Histogram(
+    "keyvault_proxy_call_duration_seconds",
+    "Time from sending a proxied call to the end of its answer, by provider.",
+    ["provider"],
+    buckets=PROXY_BUCKETS,
+)
+PROXY_BYTES = Counter(
+    "keyvault_proxy_body_bytes",
+    "Body bytes through the provider proxy, by provider and direction (request: sent to the"
+    " provider; response: received from it).",
+    ["provider", "direction"],
+)
+PROXY_UNAUDITED = Counter(
+    "keyvault_proxy_unaudited",
+    "Proxied calls made whose audit event could not be stored afterwards, by provider.",
+    ["provider"],
+)
 DATABASE_UNAVAILABLE = Counter(
     "keyvault_database_unavailable",
     "Requests answered 503 because the database could not be reached or timed out.",

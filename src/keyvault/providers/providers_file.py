@@ -5,14 +5,19 @@
     validation_path = "models"                # GET {base_url}/models checks a key on save
     # key_header = "x-api-key"                # the key as that header's value; default: Bearer
     # headers = { "x-api-version" = "2024-06-01" }   # fixed headers sent with every call
+    proxy_paths = ["chat/completions", "models/*"]  # what /proxy/mistral/… forwards; default none
 
-Anything the file gets wrong (syntax, an unknown field, a bad name, URL or header) refuses start-up
-with one line naming the file and the entry; the built-in providers cannot be redefined here (their
-base URLs have settings of their own).
+    [providers.openai]                        # a built-in provider: its proxy_paths alone
+    proxy_paths = ["chat/completions", "embeddings"]
+
+Anything the file gets wrong (syntax, an unknown field, a bad name, URL, header or path) refuses
+start-up with one line naming the file and the entry; a built-in provider's table may set only
+`proxy_paths` (its base URL has a setting of its own).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -26,9 +31,12 @@ from keyvault.providers.registry import (
     base_url_problem,
     builtin_providers,
     provider_name_problem,
+    proxy_path_problem,
 )
 
-_FIELDS: Final = frozenset({"base_url", "validation_path", "key_header", "headers"})
+_FIELDS: Final = frozenset({"base_url", "validation_path", "key_header", "headers", "proxy_paths"})
+_BUILTIN_FIELDS: Final = frozenset({"proxy_paths"})
+MAX_PROXY_PATHS: Final = 64
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]{0,256}")
 _PATH: Final = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]{1,256}")
@@ -50,11 +58,12 @@ def load_providers(settings: Settings) -> Providers:
             raise ConfigurationError(f"{setting} {problem}")
     builtin = builtin_providers(settings.openai_base_url, settings.anthropic_base_url)
     path = settings.providers_file
-    added = read_providers_file(path, {p.name for p in builtin}) if path is not None else []
-    return Providers([*builtin, *added])
+    providers = read_providers_file(path, builtin) if path is not None else builtin
+    return Providers(providers)
 
 
-def read_providers_file(path: Path, builtin: set[str]) -> list[Provider]:
+def read_providers_file(path: Path, builtin: list[Provider]) -> list[Provider]:
+    """The built-in providers (with any proxy_paths the file gives them), then the file's own."""
     where = f"KEYVAULT_PROVIDERS_FILE {path}"
     try:
         with path.open("rb") as file:
@@ -69,20 +78,25 @@ def read_providers_file(path: Path, builtin: set[str]) -> list[Provider]:
     tables = document.get("providers", {})
     if not isinstance(tables, dict):
         raise ConfigurationError(f"{where}: `providers` must be a table of providers")
-    providers = []
+    providers = {provider.name: provider for provider in builtin}
     for name, table in tables.items():
         entry = f"{where}: providers.{name}"
         problem = provider_name_problem(name)
         if problem is not None:
             raise ConfigurationError(f"{where}: provider name {name!r} {problem}")
-        if name in builtin:
-            raise ConfigurationError(
-                f"{entry} is built in; set KEYVAULT_{name.upper()}_BASE_URL instead"
-            )
         if not isinstance(table, dict):
             raise ConfigurationError(f"{entry} must be a table")
-        providers.append(_provider(name, table, entry))
-    return providers
+        if name in providers:
+            if set(table) - _BUILTIN_FIELDS:
+                raise ConfigurationError(
+                    f"{entry} is built in: only its proxy_paths can be set here (set"
+                    f" KEYVAULT_{name.upper()}_BASE_URL for its base URL)"
+                )
+            paths = _proxy_paths(table, entry)
+            providers[name] = dataclasses.replace(providers[name], proxy_paths=paths)
+            continue
+        providers[name] = _provider(name, table, entry)
+    return list(providers.values())
 
 
 def _provider(name: str, table: dict[str, Any], entry: str) -> Provider:
@@ -112,7 +126,24 @@ def _provider(name: str, table: dict[str, Any], entry: str) -> Provider:
         validation_path,
         key_header=key_header,
         headers=_headers(table.get("headers", {}), key_header, entry),
+        proxy_paths=_proxy_paths(table, entry),
     )
+
+
+def _proxy_paths(table: dict[str, Any], entry: str) -> tuple[str, ...]:
+    paths = table.get("proxy_paths", [])
+    if not isinstance(paths, list) or len(paths) > MAX_PROXY_PATHS:
+        raise ConfigurationError(
+            f"{entry}.proxy_paths must be a list of at most {MAX_PROXY_PATHS} paths"
+        )
+    allowed = []
+    for path in paths:
+        pattern = path.strip().lstrip("/") if isinstance(path, str) else ""
+        problem = proxy_path_problem(pattern) if pattern else "must be a non-empty string"
+        if problem is not None:
+            raise ConfigurationError(f"{entry}.proxy_paths: {path!r} {problem}")
+        allowed.append(pattern)
+    return tuple(dict.fromkeys(allowed))
 
 
 def _text(table: dict[str, Any], field: str, entry: str, *, required: bool) -> str:

@@ -1,6 +1,7 @@
 """What keyvault knows of a provider: its name (a path segment of its keys' routes), its base URL,
 how a call sends a key (`Authorization: Bearer …` or a header of the provider's own, plus fixed
-headers such as `anthropic-version`), and the cheap authenticated path that checks a key.
+headers such as `anthropic-version`), the cheap authenticated path that checks a key, and the
+paths the provider proxy may forward (keyvault.proxy).
 
 Two providers are built in, `openai` and `anthropic`, with base URLs from the settings; more come
 from KEYVAULT_PROVIDERS_FILE (keyvault.providers.providers_file, which builds the registry once, at
@@ -28,6 +29,22 @@ PROVIDER_NAME_PATTERN: Final = rf"^[a-z][a-z0-9_-]{{0,{PROVIDER_NAME_MAX_LENGTH 
 _PROVIDER_NAME: Final = re.compile(PROVIDER_NAME_PATTERN)
 # The segments of the routes beside `/api-keys/{provider}`: a provider so named would be ambiguous.
 RESERVED_NAMES: Final = frozenset({"api-key", "api-keys", "status", "access-log"})
+
+# What `/proxy/{provider}/…` forwards for the built-in providers, relative to their base URLs: a
+# path as it is, or `prefix/*` for every path below the prefix.
+OPENAI_PROXY_PATHS: Final = (
+    "chat/completions",
+    "completions",
+    "responses",
+    "embeddings",
+    "models",
+    "moderations",
+    "audio/*",
+    "images/*",
+)
+ANTHROPIC_PROXY_PATHS: Final = ("v1/messages", "v1/messages/count_tokens", "v1/models")
+PROXY_PATH_MAX_LENGTH: Final = 128
+_PROXY_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 
 
 def provider_name_problem(name: str) -> str | None:
@@ -57,6 +74,22 @@ def base_url_problem(url: str) -> str | None:
     return None
 
 
+def proxy_path_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be one of a provider's proxied paths, or None when it can: segments of
+    letters, digits and `._~-` (none `.` or `..`), a `*` only as the whole last segment."""
+    if not 0 < len(pattern) <= PROXY_PATH_MAX_LENGTH:
+        return f"must be 1 to {PROXY_PATH_MAX_LENGTH} characters"
+    segments = pattern.split("/")
+    if segments[-1] == "*" and len(segments) > 1:
+        segments.pop()
+    if not all(_PROXY_SEGMENT.fullmatch(segment) for segment in segments):
+        return (
+            "must be path segments of letters, digits and ._~- (not . or ..), optionally ending"
+            " in /*"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     """One provider. Nothing here is secret; a key only passes through `key_headers`."""
@@ -66,6 +99,7 @@ class Provider:
     validation_path: str  # relative to base_url, without a leading slash
     key_header: str = BEARER_HEADER  # lower-case; `authorization` carries `Bearer <key>`
     headers: tuple[tuple[str, str], ...] = ()  # sent with every call, besides the key
+    proxy_paths: tuple[str, ...] = ()  # what the proxy forwards (see proxy_path_problem)
 
     @property
     def bearer(self) -> bool:
@@ -90,13 +124,14 @@ class Provider:
 
 def builtin_providers(openai_base_url: str, anthropic_base_url: str) -> list[Provider]:
     return [
-        Provider(OPENAI, openai_base_url.rstrip("/"), "models"),
+        Provider(OPENAI, openai_base_url.rstrip("/"), "models", proxy_paths=OPENAI_PROXY_PATHS),
         Provider(
             ANTHROPIC,
             anthropic_base_url.rstrip("/"),
             "v1/models",
             key_header="x-api-key",
             headers=(("anthropic-version", ANTHROPIC_VERSION),),
+            proxy_paths=ANTHROPIC_PROXY_PATHS,
         ),
     ]
 

@@ -31,8 +31,9 @@ from keyvault.master_keys.live_keyring import LiveKeyring
 from keyvault.master_keys.maintenance import STOP_SECONDS, KeyringMaintenance, Schedule
 from keyvault.providers.providers_file import load_providers
 from keyvault.providers.validation import KeyValidator
+from keyvault.proxy.forwarding import Upstreams
 from keyvault.ratelimit.limiter import RateLimiter
-from keyvault.web import audit_routes, health_routes, key_routes
+from keyvault.web import audit_routes, health_routes, key_routes, proxy_routes
 from keyvault.web.docs import install_docs
 from keyvault.web.http_methods import HeadAsGet
 from keyvault.web.key_endpoints import KeyOperations
@@ -44,6 +45,7 @@ from keyvault.web.middleware import (
     SecurityHeaders,
 )
 from keyvault.web.problems import install_error_handlers
+from keyvault.web.proxy_endpoint import ProviderProxy
 from keyvault.web.state import AppState
 from keyvault.web.telemetry import RequestTelemetry
 
@@ -51,12 +53,14 @@ log = logging.getLogger("keyvault")
 
 DESCRIPTION = """\
 Keeps each user's third-party API keys, one per provider, encrypted at rest (AES-256-GCM, bound to
-its owner and provider) and hands a decrypted key to services holding a bearer token with the right
-scope. `/users/{sub}/api-key` is the user's `openai` key, `/users/{sub}/api-keys/{provider}` any
-configured provider's.
+its owner and provider), and calls the provider with the user's key on a service's behalf
+(`/proxy/{provider}/…`, so the service never holds the key), or hands a decrypted key to services
+holding a bearer token with the right scope. `/users/{sub}/api-key` is the user's `openai` key,
+`/users/{sub}/api-keys/{provider}` any configured provider's.
 
-Scopes: `api-key:read`, `api-key:write`, `api-key:delete` act on the token's own `sub`; add
-`users:any` to act on any user. Every error is `application/problem+json` (RFC 9457).
+Scopes: `api-key:use` (calls through the proxy), `api-key:read`, `api-key:write`, `api-key:delete`
+act on the token's own `sub`; add `users:any` to act on any user. Every error is
+`application/problem+json` (RFC 9457).
 """
 
 
@@ -71,12 +75,14 @@ def create_served_app() -> KeyvaultApp:
 
 
 class KeyvaultApp(FastAPI):
-    """The FastAPI app, whose key operations are served by web.key_endpoints.
+    """The FastAPI app, whose key operations are served by web.key_endpoints and whose provider
+    proxy by web.proxy_endpoint.
 
     `keyvault` is the running service's state, from the lifespan's start until its end. The key
-    routes are declared (web.key_routes) but not mounted: KeyOperations, in the router's place at
-    the bottom of the middleware stack, serves them, and `openapi()` documents them with the
-    mounted routes, in the order the paths are listed.
+    routes and the proxy's are declared (web.key_routes, web.proxy_routes) but not mounted:
+    KeyOperations and ProviderProxy, in the router's place at the bottom of the middleware stack,
+    serve them, and `openapi()` documents them with the mounted routes, in the order the paths are
+    listed.
     """
 
     keyvault: AppState | None = None
@@ -84,15 +90,17 @@ class KeyvaultApp(FastAPI):
     provider_names: list[str]
 
     def build_middleware_stack(self) -> ASGIApp:
-        # The innermost user middleware: only what it hands on meets FastAPI's exception
-        # middleware and router.
-        self.user_middleware.append(
-            Middleware(KeyOperations, keyvault=self, documented=key_routes.router.routes)
-        )
+        # The innermost user middleware: only what they hand on meets FastAPI's exception
+        # middleware and router. The key operations first: they are the most frequent requests.
+        served = [
+            Middleware(KeyOperations, keyvault=self, documented=key_routes.router.routes),
+            Middleware(ProviderProxy, keyvault=self, documented=proxy_routes.SERVED_AS),
+        ]
+        self.user_middleware.extend(served)
         try:
             return super().build_middleware_stack()
         finally:
-            self.user_middleware.pop()
+            del self.user_middleware[-len(served) :]
 
     def openapi(self) -> dict[str, Any]:
         if not self.openapi_schema:
@@ -144,6 +152,7 @@ def create_app(
         )
         writes = KeyWrites(engine, sessions, audit)
         validator = KeyValidator(settings.provider_timeout)
+        upstreams = Upstreams(providers, settings.proxy_timeout)
         # The upkeep's own engine: its rewrap walks may outlast a request's statement timeout.
         upkeep_engine = create_engine(settings.database_url.get_secret_value(), pool_size=2)
         upkeep: asyncio.Task[None] | None = None
@@ -177,6 +186,8 @@ def create_app(
                 key_writes=writes,
                 providers=providers,
                 key_validator=validator,
+                proxy=upstreams,
+                proxy_max_body_bytes=settings.proxy_max_body_bytes,
                 token_verifier=TokenVerifier(settings, jwks),
                 rate_limiter=rate_limiter,
                 step_up=step_up,
@@ -219,6 +230,7 @@ def create_app(
                     await asyncio.wait_for(upkeep, STOP_SECONDS)  # cancels it past that
             await writes.aclose()
             await validator.aclose()
+            await upstreams.aclose()
             await reader.aclose()
             await audit.aclose()
             await rate_limiter.aclose()
@@ -259,12 +271,17 @@ def create_app(
         middleware=edge,
     )
     app.include_router(audit_routes.router)
-    # The key operations are documented after the audit trail's paths, as they are listed.
+    # The key operations and the proxy are documented after the audit trail's paths, as listed.
     split = len(app.routes)
     app.include_router(health_routes.router)
     install_docs(app)
     install_error_handlers(app)
-    app.documented = [*app.routes[:split], *key_routes.router.routes, *app.routes[split:]]
+    app.documented = [
+        *app.routes[:split],
+        *key_routes.router.routes,
+        *proxy_routes.router.routes,
+        *app.routes[split:],
+    ]
     app.provider_names = providers.names
     return app
 

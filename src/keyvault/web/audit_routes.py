@@ -137,6 +137,7 @@ async def read_access_log(
                 client_id=item.event.client_id,
                 provider=item.event.provider,
                 action=item.event.action,
+                path=item.event.path,
                 outcome=item.event.outcome,
             )
             for item in events
@@ -168,6 +169,11 @@ def _fields(item: ChainedEvent) -> dict[str, object]:
         "outcome": event.outcome,
         "key_version": event.key_version,
         "validation": event.validation,
+        "path": event.path,
+        "upstream_status": event.upstream_status,
+        "duration_ms": event.duration_ms,
+        "request_bytes": event.request_bytes,
+        "response_bytes": event.response_bytes,
         "request_id": event.request_id,
         "client_address": event.client_address,
         "user_agent": event.user_agent,

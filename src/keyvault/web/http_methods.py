@@ -16,12 +16,14 @@ from typing import Final
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+PROXY: Final = "/proxy/"
 # Probed for a 405's Allow, in the order they are listed; any other method is never served here.
 _METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class HeadAsGet:
-    """Send HEAD requests on as GET, and drop the body of their answer.
+    """Send HEAD requests on as GET, and drop the body of their answer (except on the provider
+    proxy's paths, which forward HEAD to the provider as HEAD).
 
     The scope's method is GET only while the request is inside: the access log line and the
     metrics, outside this middleware, say HEAD.
@@ -31,7 +33,7 @@ class HeadAsGet:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+        if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"].startswith(PROXY):
             await self.app(scope, receive, send)
             return
 

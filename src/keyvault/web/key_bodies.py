@@ -49,12 +49,12 @@ _MISSING: Final = object()
 _FLAG: Final = TypeAdapter(bool)
 
 
-def sub_reasons(sub: str) -> list[str]:
-    """Why `sub` is refused, one reason per broken rule."""
+def sub_reasons(sub: str, where: tuple[str, ...] = ("path", "sub")) -> list[str]:
+    """Why `sub` (at `where` in the request) is refused, one reason per broken rule."""
     try:
         _SUB_RULES.validate_python(sub)
     except ValidationError as error:
-        return validation_reasons(error.errors(), ("path", "sub"))
+        return validation_reasons(error.errors(), where)
     return []
 
 

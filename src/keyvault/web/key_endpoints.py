@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -44,28 +43,21 @@ from keyvault.auth.tokens import (
     Access,
     Principal,
     bearer_token,
-    check_access,
-    is_service,
 )
 from keyvault.db.engine import is_database_outage, session_scope
-from keyvault.errors import (
-    AuditUnavailable,
-    Forbidden,
-    InsufficientUserAuthentication,
-    InvalidRequest,
-    KeySetUnavailable,
-    Problem,
-    ServiceUnavailable,
-    Unauthorized,
-    UnknownProvider,
-)
+from keyvault.errors import AuditUnavailable, InvalidRequest, Problem
 from keyvault.keys import service
 from keyvault.keys.preconditions import precondition_of
 from keyvault.keys.put import WriteResult
 from keyvault.keys.schemas import ApiKeyRead
-from keyvault.observability import metrics
-from keyvault.providers.registry import Provider
 from keyvault.providers.validation import refusal
+from keyvault.web.endpoint_steps import (
+    NOT_READY,
+    admit,
+    answer_refusal,
+    authenticate,
+    known_provider,
+)
 from keyvault.web.key_bodies import body_reasons, read_key_write, sub_reasons, validate_flag
 from keyvault.web.problems import method_not_allowed, problem_answer
 from keyvault.web.routing import (
@@ -81,7 +73,6 @@ from keyvault.web.state import AppState, HoldsState
 log = logging.getLogger("keyvault")
 
 NO_STORE: Final = {"Cache-Control": "no-store"}
-NOT_READY: Final = ServiceUnavailable("The keyring is not open yet.")
 
 # The operation's own work, given the state, the scope, its receive, the sub, the provider's name
 # as the path gave it (None for the list of all of a user's keys) and the audit entry.
@@ -159,13 +150,13 @@ class KeyOperations:
                 if operation.action is Action.put:  # its body's reasons too, as one refusal
                     reasons += await body_reasons(scope, receive)
                 raise InvalidRequest("; ".join(dict.fromkeys(reasons)))
-            _check_access(state, scope, principal, sub, operation.access)
+            admit(state, scope, principal, sub, operation.access)
             response = await operation.work(state, scope, receive, sub, provider, audit)
             if not audit.recorded:
                 log.error("%s returned without recording its audit event", operation.route.path)
                 raise AuditUnavailable()
         except Problem as problem:
-            response = await _refusal(audit, problem)
+            response = await answer_refusal(audit, problem)
         except Exception as error:
             if not audit.recorded and not is_database_outage(error):
                 with contextlib.suppress(AuditUnavailable):
@@ -174,62 +165,12 @@ class KeyOperations:
         await response(scope, receive, send)
 
 
-async def _refusal(audit: RequestAudit, problem: Problem) -> Response:
-    """The refusal's answer, once its audit event is committed (503 when it cannot be)."""
-    if not audit.recorded and not isinstance(problem, AuditUnavailable):
-        try:
-            await audit.failed(problem)
-        except AuditUnavailable as unavailable:
-            problem = unavailable
-    return problem_answer(problem)
-
-
 async def _authenticate(state: AppState, scope: Scope) -> Principal:
-    """The caller, its token verified once; their rate limit spent. Leaves `principal`, `actor` and
-    (when refused) `reason` on the scope's state, for the audit event and the log line."""
-    request_state = scope["state"]
     authorization = next(
         (value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"),
         None,
     )
-    try:
-        token = bearer_token(authorization)
-        if token is None:
-            raise Unauthorized("A bearer token is required.", error=None, reason="missing")
-        principal = await state.token_verifier.verify(token)
-    except Unauthorized as failure:
-        metrics.AUTH_FAILURES.labels(failure.reason).inc()
-        request_state["reason"] = failure.reason
-        raise
-    except KeySetUnavailable as unavailable:
-        request_state["reason"] = unavailable.reason
-        raise
-    request_state["principal"] = principal
-    request_state["actor"] = principal.sub
-    await state.rate_limiter.enforce_for_principal(principal.sub, service=is_service(principal))
-    return principal
-
-
-def _check_access(
-    state: AppState, scope: Scope, principal: Principal, sub: str, access: Access
-) -> None:
-    try:
-        check_access(principal, sub, access, state.step_up, now=time.time())
-    except Forbidden as forbidden:
-        metrics.AUTH_FAILURES.labels(forbidden.reason).inc()
-        scope["state"]["reason"] = forbidden.reason
-        raise
-    except InsufficientUserAuthentication:
-        scope["state"]["reason"] = "step_up"
-        raise
-
-
-def known_provider(state: AppState, name: str | None) -> Provider:
-    """The configured provider the path names; 404 for any other name."""
-    provider = state.providers.get(name) if name is not None else None
-    if provider is None:
-        raise UnknownProvider()
-    return provider
+    return await authenticate(state, scope, bearer_token(authorization))
 
 
 async def read_api_key(

@@ -25,6 +25,10 @@ HTTP1_VERSIONS: Final = frozenset({"1.0", "1.1"})
 _ACCEPTABLE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 UNMATCHED_ROUTE: Final = "<unmatched>"
+# The provider proxy (web.proxy_endpoint) streams bodies up to a size of its own and forwards HEAD
+# as HEAD: BodySizeLimit and HeadAsGet leave its paths alone.
+PROXY_PATHS: Final = "/proxy/"
+KEYVAULT_REQUEST_ID_HEADER: Final = b"x-keyvault-request-id"
 # Probes and the scraper must keep working while a client is being throttled.
 RATE_LIMIT_EXEMPT_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -40,7 +44,9 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestId:
-    """Take X-Request-ID from the caller (or make one), expose it to the request, echo it back."""
+    """Take X-Request-ID from the caller (or make one), expose it to the request, echo it back:
+    as X-Keyvault-Request-ID when the answer has an X-Request-ID of its own already (a provider's,
+    through the proxy, which its SDK reports)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -59,7 +65,9 @@ class RequestId:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
+                taken = any(name == REQUEST_ID_HEADER for name, _ in headers)
+                name = KEYVAULT_REQUEST_ID_HEADER if taken else REQUEST_ID_HEADER
+                headers.append((name, request_id.encode("ascii")))
                 message["headers"] = headers
             await send(message)
 
@@ -105,7 +113,8 @@ class AddressRateLimit:
 
 
 class BodySizeLimit:
-    """Refuse bodies over `max_bytes` with 413, whether declared by Content-Length or streamed.
+    """Refuse bodies over `max_bytes` with 413, whether declared by Content-Length or streamed
+    (except on the proxy's paths, which count their own).
 
     A body without a trustworthy length (chunked, or an unreadable Content-Length) is read up front
     (at most `max_bytes` + one chunk) and replayed: raising from inside `receive` would be swallowed
@@ -117,7 +126,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(PROXY_PATHS):
             await self.app(scope, receive, send)
             return
         declared = None
@@ -258,8 +267,10 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:  # a provider's own, through the proxy
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if b"cache-control" not in names:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)

@@ -23,6 +23,7 @@ from keyvault.master_keys.maintenance import KeyringMaintenance
 from keyvault.observability.metrics import RecordCounts
 from keyvault.providers.registry import Providers
 from keyvault.providers.validation import KeyValidator
+from keyvault.proxy.forwarding import Upstreams
 from keyvault.ratelimit.limiter import RateLimiter
 
 
@@ -38,6 +39,8 @@ class AppState:
     key_writes: KeyWrites
     providers: Providers
     key_validator: KeyValidator
+    proxy: Upstreams
+    proxy_max_body_bytes: int
     token_verifier: TokenVerifier
     rate_limiter: RateLimiter
     step_up: StepUpPolicy

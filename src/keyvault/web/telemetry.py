@@ -35,7 +35,9 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        # Unless a response begins: 500, or what the app left as `status` (a proxied call whose
+        # caller went away is 499).
+        status = 0
 
         async def observing_send(message: Message) -> None:
             nonlocal status
@@ -46,7 +48,8 @@ class RequestTelemetry:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            _record(scope, status, time.perf_counter() - started)
+            unanswered = scope.get("state", {}).get("status", 500)
+            _record(scope, status or unanswered, time.perf_counter() - started)
 
 
 def _record(scope: Scope, status: int, seconds: float) -> None:
