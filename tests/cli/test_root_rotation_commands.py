@@ -5,6 +5,8 @@ and a recovery drill through the commands, the shares shown once on stdout and n
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -165,3 +167,64 @@ def test_an_impossible_kit_is_refused_in_one_line(empty_database_url: str, tmp_p
     env = server_environment(empty_database_url)
     refused = _run(env, tmp_path, "seal", "recovery-kit", "--shares", "3", "--threshold", "1")
     assert "a threshold of 1 would make every share a full copy" in one_line_refusal(refused)
+
+
+def _on_a_terminal(env: dict[str, str], cwd: Path, args: list[str], typed: list[str]) -> str:
+    """Run `keyvault` with a pseudo-terminal as its controlling terminal, typing the next line of
+    `typed` at each new prompt; everything the terminal showed."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a new session, the pty's slave as its terminal
+        os.chdir(cwd)
+        os.execve(sys.executable, [sys.executable, "-m", "keyvault", *args], env)
+    shown = b""
+    answered = 0  # how much of `shown` the last line typed answered
+    pending = list(typed)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the child exited and the terminal closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+            # Click shows "share 1:" and only then calls getpass, which turns echo off, flushes
+            # the terminal's pending input and writes its own prompt, " ": a line typed before
+            # that space would be thrown away.
+            if pending and shown[answered:].endswith(b": "):
+                os.write(terminal, pending.pop(0).encode() + b"\n")
+                answered = len(shown)
+        else:
+            raise AssertionError(f"no end in time: {shown.decode(errors='replace')}")
+    finally:
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return shown.decode(errors="replace")
+
+
+async def test_recover_prompts_on_a_terminal_without_echoing_the_shares(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    await create_deployment(empty_database_url, OLD_KEY)
+    await store_records(empty_database_url, await keyring_for(empty_database_url, OLD_KEY), ["a"])
+    old = server_environment(empty_database_url, MASTER_ENCRYPTION_KEY=OLD_KEY)
+    made = _run(old, tmp_path, "seal", "recovery-kit", "--shares", "2", "--threshold", "2")
+    lines = made.stdout.splitlines()
+    shares = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("share ")]
+    new = server_environment(empty_database_url, MASTER_ENCRYPTION_KEY=NEW_KEY)
+
+    shown = _on_a_terminal(new, tmp_path, ["seal", "recover"], shares)
+    assert "keyring recovered: " in shown, shown
+
+    assert "share 1:" in shown
+    assert "share 2 of 2:" in shown
+    assert "keyring recovered: " in shown
+    for share in shares:
+        assert " ".join(share.split()[:4]) not in shown
+    keyring = await opened(env_settings(empty_database_url, NEW_KEY))
+    assert await open_all(empty_database_url, keyring) == {"a": api_key_of("a")}
