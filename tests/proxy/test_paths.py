@@ -22,6 +22,7 @@ OPENAI = PathRules(OPENAI_PROXY_PATHS)
         (b"images/generations", "images/*"),
         (b"ch%61t/completions", "chat/completions"),  # an unreserved character, encoded
         (b"images/variations/ft:img-1", "images/*"),
+        (b"images/a;b", "images/*"),  # a `;` in a segment that is not a dot segment
     ],
 )
 def test_listed_paths_and_those_below_a_prefix_match(raw: bytes, pattern: str) -> None:
@@ -61,6 +62,10 @@ def test_paths_not_listed_do_not_match(raw: bytes) -> None:
         b"audio/%ff",
         b"audio/%25",
         b"audio/speech\n",
+        b"images/..;/files",  # `..` to a server that drops `;parameters`
+        b"audio/%2e%2e;x/files",
+        b"audio/.;/speech",
+        b"audio/;x/speech",
         b"a" * 2049,
     ],
 )

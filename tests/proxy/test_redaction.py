@@ -54,6 +54,22 @@ def test_the_key_as_json_or_a_url_would_spell_it_is_replaced(spelled: str) -> No
     assert Redactor("sk-ünïcode-key-0123456789").text(body) == b"echo: " + REDACTED + b"!"
 
 
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        "sk-b64/key+part=",
+        "sk-b64\\/key+part=",  # JSON with `/` escaped
+        "sk-b64%2Fkey%2Bpart%3D",
+        "sk-b64%2fkey%2bpart%3d",  # percent-encoding in lower-case hex
+    ],
+)
+def test_a_key_with_url_characters_is_replaced_however_it_is_escaped(spelled: str) -> None:
+    redactor = Redactor("sk-b64/key+part=")
+    body = f"echo: {spelled}!".encode()
+    assert redactor.text(body) == b"echo: " + REDACTED + b"!"
+    assert _streamed(body, [9], "sk-b64/key+part=") == b"echo: " + REDACTED + b"!"
+
+
 def test_an_event_ending_in_a_newline_is_passed_on_whole_and_at_once() -> None:
     redactor = Redactor(KEY)
     event = b'data: {"choices": [{"delta": {"content": "sk-proj"}}]}\n\n'

@@ -392,3 +392,21 @@ async def test_a_key_no_header_can_carry_is_422_unsent(
     assert answer.status_code == 422
     assert "cannot be sent in an HTTP header" in answer.json()["detail"]
     assert "CANARY" not in answer.text
+
+
+async def test_a_body_shorter_than_its_declared_length_is_502_and_audited(
+    http: httpx.AsyncClient, fake: FakeProvider, database_url: str
+) -> None:
+    """Over ASGI a body may end short of its Content-Length (a server would wait for the rest):
+    the HTTP client refuses to end the request, and the caller still gets problem+json."""
+    sub = await user_with_keys(http)
+    headers = {**as_service(sub), "Content-Length": "10", "Content-Type": "application/json"}
+    answer = await http.post("/proxy/openai/chat/completions", content=b"{}   ", headers=headers)
+    assert answer.status_code == 502
+    assert answer.headers["content-type"] == "application/problem+json"
+    last = (await stored_events(database_url, sub))[-1].event
+    assert (last.action, last.outcome, last.path) == (
+        "use",
+        "provider_unavailable",
+        "chat/completions",
+    )

@@ -28,6 +28,7 @@ import httpx
 
 from keyvault.errors import PathNotProxied, Problem, ProviderTimeout, ProviderUnavailable
 from keyvault.providers.registry import Provider, Providers
+from keyvault.proxy.decoding import WINDOW_BITS, Decoder
 from keyvault.proxy.headers import Headers, ProviderHeaders, downstream
 from keyvault.proxy.network import Connections
 from keyvault.proxy.paths import PathRules, requested_path
@@ -39,7 +40,6 @@ BUFFERED_BODY_MAX: Final = 1024 * 1024
 IDLE_CONNECTIONS: Final = 64  # kept open per provider for the next call
 IDLE_SECONDS: Final = 30.0
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-_DECODERS: Final = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": 15}
 _FAILURES: Final = (
     httpcore.TimeoutException,
     httpcore.NetworkError,
@@ -164,7 +164,7 @@ class Answer:
         self.status = response.status
         self.received = 0  # body bytes from the provider so far, as sent (compressed or not)
         self._body: bytes | None = None
-        self._decoder: zlib._Decompress | None = None
+        self._decoder: Decoder | None = None
         raw = response.headers
         encodings = [
             value.strip().lower() for name, value in raw if name.lower() == b"content-encoding"
@@ -175,14 +175,14 @@ class Answer:
             return
         encoding = b",".join(encodings)
         if encoding not in (b"", b"identity"):
-            if encoding not in _DECODERS:
+            if encoding not in WINDOW_BITS:
                 log.warning(
                     "proxied call to %s answered in an unreadable encoding",
                     provider,
                     extra={"event": "proxy_failed", "reason": "encoding"},
                 )
                 raise ProviderUnavailable(_UNREADABLE)
-            self._decoder = zlib.decompressobj(_DECODERS[encoding])
+            self._decoder = Decoder(WINDOW_BITS[encoding])
         self.headers = downstream(
             raw, redactor, same_length=False, decoded=self._decoder is not None
         )
@@ -225,9 +225,13 @@ class Answer:
         try:
             async for chunk in stream:
                 self.received += len(chunk)
-                yield self._decoder.decompress(chunk) if self._decoder is not None else chunk
+                if self._decoder is None:
+                    yield chunk
+                else:
+                    for piece in self._decoder.decode(chunk):
+                        yield piece
             if self._decoder is not None:
-                yield self._decoder.flush()
+                yield self._decoder.finish()
         except _FAILURES as error:
             raise failure(self._provider, error) from None
 

@@ -9,8 +9,8 @@ its own, `Accept-Encoding: identity` (a body must arrive readable, so that the k
 redacted from it) and the user's key, the provider's way.
 
 Back to the caller go the provider's headers less the hop-by-hop ones, `Set-Cookie` (a cookie
-would be the provider's to one user, handed to whichever service called) and `Date` (the server
-sets its own), each value redacted; `Content-Length` only when the body is passed on unchanged in
+would be the provider's to one user, handed to whichever service called), `Date` (the server
+sets its own) and any `X-Keyvault-*` (only keyvault speaks for keyvault), each value redacted; `Content-Length` only when the body is passed on unchanged in
 length, `Content-Encoding` only when the body is passed on as it came.
 """
 
@@ -91,7 +91,11 @@ def downstream(
     """What goes back to the caller, from the provider's headers (any case). `same_length`: the
     body goes on byte for byte, so its Content-Length holds; `decoded`: the body was decompressed
     on the way, so its Content-Encoding no longer does."""
-    lowered = [(name.lower(), value) for name, value in headers]
+    lowered = [
+        (name.lower(), value)
+        for name, value in headers
+        if not name.lower().startswith(KEYVAULT_PREFIX)
+    ]
     dropped = _NOT_RETURNED | _named_by_connection(lowered)
     if not same_length:
         dropped |= {b"content-length"}

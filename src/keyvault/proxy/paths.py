@@ -4,7 +4,9 @@ A provider lists its paths (keyvault.providers.registry): `chat/completions` all
 path, `audio/*` every path below `audio/`. A request's path is read from the request line as sent,
 percent-encoded: an encoded slash or backslash, a `.` or `..` segment, an empty segment, or any
 character outside the plain set below could make the provider see another path than the one
-matched here, so such a path is refused outright, whatever the list says. The path that goes
+matched here, so such a path is refused outright, whatever the list says. A segment is judged
+without its `;parameters` too: servers that drop them (Java servlet containers do) read `..;x` as
+`..`. The path that goes
 upstream is the one matched, character for character.
 """
 
@@ -32,7 +34,10 @@ def requested_path(raw: bytes) -> str | None:
         path = urllib.parse.unquote_to_bytes(raw).decode("ascii")
     except UnicodeDecodeError:
         return None
-    if not _PLAIN_PATH.fullmatch(path) or not _DOT_SEGMENTS.isdisjoint(path.split("/")):
+    if not _PLAIN_PATH.fullmatch(path):
+        return None
+    segments = path.split("/")
+    if not _DOT_SEGMENTS.isdisjoint(segment.partition(";")[0] for segment in segments):
         return None
     return path
 

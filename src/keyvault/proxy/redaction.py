@@ -33,10 +33,14 @@ class Redactor:
     )
 
     def __init__(self, key: str) -> None:
+        as_json = json.dumps(key)[1:-1]  # as a JSON string spells it (\uXXXX escapes)
+        as_url = urllib.parse.quote(key, safe="")
         forms = {
             key.encode(),
-            json.dumps(key)[1:-1].encode(),  # as a JSON string spells it (\uXXXX escapes)
-            urllib.parse.quote(key, safe="").encode(),
+            as_json.encode(),
+            as_json.replace("/", "\\/").encode(),  # JSON encoders that escape `/` (PHP's)
+            as_url.encode(),
+            _lower_hex(as_url).encode(),  # percent-encoding in lower-case hex
         }
         self._needles = tuple(sorted(forms, key=len, reverse=True))  # the longest form first
         # One form (most keys are plain ASCII) is found with bytes.find; several, by one pattern.
@@ -115,3 +119,7 @@ class Redactor:
                     break
                 at = data.find(first, at + 1)
         return best
+
+
+def _lower_hex(encoded: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda escape: escape.group().lower(), encoded)

@@ -47,6 +47,7 @@ from keyvault.errors import (
     PathNotProxied,
     PayloadTooLarge,
     Problem,
+    ProviderUnavailable,
     UnknownProvider,
 )
 from keyvault.keys import service
@@ -66,6 +67,7 @@ UNSENDABLE: Final = (
     " (only printable ASCII can); nothing was sent. Store a key the provider can take."
 )
 USER_HEADER: Final = b"x-keyvault-user"
+_FAILED: Final = "The call to the provider failed; nothing more is known. Try again later."
 _USER_WHERE: Final = ("header", "X-Keyvault-User")
 
 
@@ -131,7 +133,7 @@ class _Heads:
         raw = self.users[0]
         if not raw.isascii():
             return None, ["header.X-Keyvault-User: must be the sub, percent-encoded"]
-        sub = urllib.parse.unquote(raw.decode("ascii"), errors="replace")
+        sub = urllib.parse.unquote(raw.decode("ascii"), errors="replace")  # U+FFFD: refused below
         reasons = sub_reasons(sub, _USER_WHERE)
         return (None if reasons else sub), reasons
 
@@ -243,6 +245,14 @@ async def _forward(
         problem = ClientClosedRequest()
     except Problem as refused:
         problem = ClientClosedRequest() if caller.gone else refused
+    except Exception as error:  # e.g. h11 refusing what it was to send: still answered, audited
+        log.error(
+            "proxied call to %s failed unexpectedly (%s)",
+            provider,
+            type(error).__name__,
+            extra={"event": "proxy_failed", "reason": "unexpected"},
+        )
+        problem = ClientClosedRequest() if caller.gone else ProviderUnavailable(_FAILED)
     seconds = _measure(call, caller, answer, started)
     # What the caller got: the provider's status once its answer began (unless it went away).
     got = problem.status if problem is not None and (caller.gone or not caller.started) else None
