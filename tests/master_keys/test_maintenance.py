@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import update
 
+from keyvault.crypto.records import Keyring
 from keyvault.db.engine import session_scope
 from keyvault.db.models import RootKeyEntry
 from keyvault.master_keys import lease
@@ -296,12 +297,9 @@ async def test_a_rotation_under_load_fails_no_request_and_loses_no_write(
 async def test_while_it_rewraps_an_instance_follows_another_rotation_and_rewraps_onto_it(
     empty_database_url: str,
 ) -> None:
-    subs = [f"slow-{n:03d}" for n in range(300)]
-    await env_deployment(empty_database_url, OLD_KEY, subs)
-    first = await rotate_root(env_settings(empty_database_url, OLD_KEY))
+    _, first = await _rotated_under_many_records(empty_database_url)
     async with _serving(empty_database_url) as (app, _):
-        maintenance = _maintenance(app, rate=50)
-        upkeep = asyncio.create_task(maintenance.run())
+        maintenance, upkeep = _slow_upkeep(app)
         try:
             await _until(
                 lambda counts: counts[first.current.key_id] > 0, empty_database_url, "a rewrap"
@@ -322,12 +320,9 @@ async def test_while_it_rewraps_an_instance_follows_another_rotation_and_rewraps
 async def test_stopping_ends_a_rewrap_after_its_batch_and_releases_the_lease(
     empty_database_url: str,
 ) -> None:
-    subs = [f"slow-{n:03d}" for n in range(300)]
-    await env_deployment(empty_database_url, OLD_KEY, subs)
-    first = await rotate_root(env_settings(empty_database_url, OLD_KEY))
+    subs, first = await _rotated_under_many_records(empty_database_url)
     async with _serving(empty_database_url) as (app, _):
-        maintenance = _maintenance(app, rate=50)
-        upkeep = asyncio.create_task(maintenance.run())
+        maintenance, upkeep = _slow_upkeep(app)
         await _until(
             lambda counts: counts[first.current.key_id] > 0, empty_database_url, "a rewrap"
         )
@@ -343,6 +338,18 @@ async def test_stopping_ends_a_rewrap_after_its_batch_and_releases_the_lease(
             )
         keyring = await opened(env_settings(empty_database_url, OLD_KEY))
         assert await open_all(empty_database_url, keyring) == {s: api_key_of(s) for s in subs}
+
+
+async def _rotated_under_many_records(database_url: str) -> tuple[list[str], Keyring]:
+    """300 records under a root key just retired: a rewrap at 50/s takes some seconds."""
+    subs = [f"slow-{n:03d}" for n in range(300)]
+    await env_deployment(database_url, OLD_KEY, subs)
+    return subs, await rotate_root(env_settings(database_url, OLD_KEY))
+
+
+def _slow_upkeep(app: KeyvaultApp) -> tuple[KeyringMaintenance, asyncio.Task[None]]:
+    maintenance = _maintenance(app, rate=50)
+    return maintenance, asyncio.create_task(maintenance.run())
 
 
 async def _until(condition: Callable[[Counter[str]], bool], database_url: str, what: str) -> None:

@@ -3,7 +3,7 @@ problem+json answer before anything is sent to the provider, and is audited."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +17,7 @@ from keyvault.db.engine import create_engine
 from keyvault.db.models import ApiKeyRecord
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, mint
-from tests.fake_provider import FakeProvider, fake_provider
+from tests.fake_provider import FakeProvider
 from tests.web.proxy_support import (
     ANTHROPIC_KEY,
     CHAT,
@@ -34,20 +34,6 @@ from tests.web.proxy_support import (
 
 PROBLEM = "https://keyvault.dev/problems/"
 MESSAGE = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with fake_provider() as provider:
-        yield provider
-
-
-@pytest.fixture
-async def http(
-    database_url: str, keyring: Keyring, fake: FakeProvider
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with proxy_service(database_url, keyring, fake) as (_, client):
-        yield client
 
 
 def _calls(fake: FakeProvider) -> int:

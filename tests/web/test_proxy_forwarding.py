@@ -4,7 +4,6 @@ headers, with the user's key the provider's way; the provider's answer with the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,7 +13,7 @@ import pytest
 from keyvault.crypto.records import Keyring
 from tests.audit_support import execute_sql, new_sub, private_service, stored_events
 from tests.conftest import bearer, mint
-from tests.fake_provider import FakeProvider, fake_provider, unreachable_base_url
+from tests.fake_provider import FakeProvider, unreachable_base_url
 from tests.fake_provider_answers import BROTLI, ECHO, GZIP, HANG
 from tests.prometheus import label_values, sample
 from tests.web.proxy_support import (
@@ -31,20 +30,6 @@ from tests.web.proxy_support import (
 
 REDACTED = "[redacted by keyvault]"
 MESSAGE = {"model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with fake_provider() as provider:
-        yield provider
-
-
-@pytest.fixture
-async def http(
-    database_url: str, keyring: Keyring, fake: FakeProvider
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with proxy_service(database_url, keyring, fake) as (_, client):
-        yield client
 
 
 async def test_the_request_goes_on_less_keyvaults_headers(

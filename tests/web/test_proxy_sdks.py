@@ -21,7 +21,7 @@ import pytest
 from keyvault_client import KeyVault, anthropic_client, openai_client
 from tests.audit_support import new_sub, stored_events
 from tests.conftest import bearer, mint
-from tests.fake_provider import FakeProvider, fake_provider
+from tests.fake_provider import FakeProvider
 from tests.fake_provider_answers import BREAK, ENDLESS, HANG, SLOW, SLOW_SECONDS, TEXT
 from tests.real_server import RunningServer, server_environment, serving
 from tests.web.proxy_support import ANTHROPIC_KEY, KEYS, OPENAI_KEY, SERVICE_USE, USE, WRITE
@@ -33,12 +33,6 @@ TIMEOUT = 2.0  # longer than the fake's SLOW pause, shorter than its HANG
 DEADLINE_SECONDS = 10.0
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 REDACTED = "[redacted by keyvault]"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with fake_provider() as provider:
-        yield provider
 
 
 @pytest.fixture(scope="module")
