@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from limits import RateLimitItem, parse_many
 from pydantic import (
@@ -17,7 +16,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +25,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from keyvault.config.errors import ConfigurationError as ConfigurationError
+from keyvault.config.secret_files import SecretFileSettings, read_secret_file
 from keyvault.crypto.records import MIN_KDF_ITERATIONS
 from keyvault.db.engine import DEFAULT_DATABASE_URL, DEFAULT_POOL_SIZE, Timeouts
 
@@ -37,10 +37,6 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "redis+unix://")
 STEP_UP_ACTION_NAMES: Final = frozenset({"read", "write", "delete", "use"})
 _CHALLENGE_TOKEN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
-
-
-class ConfigurationError(Exception):
-    """Settings are missing or unsafe; the message is one line and holds no secret."""
 
 
 class Settings(BaseSettings):
@@ -285,7 +281,7 @@ class Settings(BaseSettings):
         if self.master_encryption_key is not None:
             key = self.master_encryption_key.get_secret_value()
         elif self.master_encryption_key_file is not None:
-            key = _read_secret_file(self.master_encryption_key_file, "MASTER_ENCRYPTION_KEY_FILE")
+            key = read_secret_file(self.master_encryption_key_file, "MASTER_ENCRYPTION_KEY_FILE")
         else:
             raise ConfigurationError(
                 "MASTER_ENCRYPTION_KEY (or MASTER_ENCRYPTION_KEY_FILE) is not set; "
@@ -307,7 +303,7 @@ class Settings(BaseSettings):
             entries += [(source, n, part) for n, part in enumerate(raw.split(","), start=1)]
         if self.master_encryption_key_previous_file is not None:
             source = "MASTER_ENCRYPTION_KEY_PREVIOUS_FILE"
-            raw = _read_secret_file(self.master_encryption_key_previous_file, source)
+            raw = read_secret_file(self.master_encryption_key_previous_file, source)
             entries += [(source, n, line) for n, line in enumerate(raw.splitlines(), start=1)]
         current = self.master_key()
         keys: list[str] = []
@@ -322,32 +318,6 @@ class Settings(BaseSettings):
             if key != current and key not in keys:
                 keys.append(key)
         return tuple(keys)
-
-
-class SecretFileSettings(PydanticBaseSettingsSource):
-    """`KEYVAULT_<NAME>_FILE=/run/secrets/…`: any setting read from a file, as Docker secrets are.
-
-    A secret in a file stays out of `docker inspect`, the process environment and crash reports.
-    Setting both the variable and its `_FILE` twin is refused rather than silently preferring one.
-    """
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ reads every field at once
-
-    def __call__(self) -> dict[str, Any]:
-        prefix = self.config.get("env_prefix", "")
-        values: dict[str, Any] = {}
-        for name, field in self.settings_cls.model_fields.items():
-            if field.validation_alias is not None:  # MASTER_ENCRYPTION_KEY has its own _FILE
-                continue
-            variable = f"{prefix}{name}".upper()
-            path = os.environ.get(f"{variable}_FILE")
-            if not path:
-                continue
-            if variable in os.environ:
-                raise ConfigurationError(f"set {variable} or {variable}_FILE, not both")
-            values[name] = _read_secret_file(Path(path), f"{variable}_FILE")
-        return values
 
 
 def parse_rate_limit(value: str) -> list[RateLimitItem]:
@@ -373,13 +343,6 @@ def refuse_weak_master_key(key: str) -> None:
         raise ConfigurationError("the master key is the placeholder from the design document")
     if len(key) < MIN_SECRET_LENGTH:
         raise ConfigurationError(f"the master key must be at least {MIN_SECRET_LENGTH} characters")
-
-
-def _read_secret_file(path: Path, name: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigurationError(f"{name} {path} cannot be read: {error.strerror}") from None
 
 
 def load_settings() -> Settings:
